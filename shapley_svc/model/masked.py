@@ -1,0 +1,184 @@
+"""`MaskedModel`: run a causal LM with only some decoder blocks or sublayers present, on one resident copy.
+
+Every supported architecture is a pre-norm residual decoder, so a layer is
+``h = h + attn(attn_norm(h))`` followed by ``h = h + mlp(mlp_norm(h))``. Skipping a sublayer means dropping
+its residual update (its norm, its matmuls and its add are not run at all); skipping a block returns the
+layer's input unchanged. A mask is switched on only inside :meth:`MaskedModel.active`, which overrides the
+``forward`` of the affected layer instances and restores them in ``finally``: no weights are copied or
+reloaded, and the model is whole again after an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from shapley_svc.errors import ConfigError
+from shapley_svc.model.layouts import Layout, resolve
+
+
+class Granularity(enum.StrEnum):
+    """What one player is: a whole decoder block, or one sublayer (attention or MLP) of a block."""
+
+    BLOCK = "block"
+    SUBLAYER = "sublayer"
+
+    @classmethod
+    def parse(cls, value: str | Granularity) -> Granularity:
+        """The granularity named ``value``; anything else is a ConfigError listing the valid names."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(
+                f"unknown granularity {value!r}: use one of {', '.join(g.value for g in cls)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Player:
+    """One switchable part of the model: ``kind`` is ``block``, ``attn`` or ``mlp`` of decoder layer ``layer``."""
+
+    layer: int
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return f"layer{self.layer}.{self.kind}"
+
+
+LayerPlan = npt.NDArray[np.bool_]
+"""bool[L, 2]: for each decoder layer, whether its attention (column 0) and its MLP (column 1) run."""
+
+
+class MaskedModel:
+    """A causal LM whose players (blocks or sublayers) can be switched off at run time.
+
+    ``players`` lists them in layer order; a mask is a bool sequence over ``players``.
+    """
+
+    def __init__(self, model: nn.Module, layout: Layout, granularity: Granularity | str = Granularity.BLOCK):
+        self.model = model
+        self.layout = layout
+        self.granularity = Granularity.parse(granularity)
+        self.layers: list[nn.Module] = list(resolve(model, layout.layers))
+        self.backbone = resolve(model, layout.layers.rsplit(".", 1)[0])
+        self.final_norm = resolve(model, layout.final_norm)
+        self.head = resolve(model, layout.head)
+        self._attentions = [resolve(layer, layout.attention) for layer in self.layers]
+        self._attention_norms = [resolve(layer, layout.attention_norm) for layer in self.layers]
+        self._mlps = [resolve(layer, layout.mlp) for layer in self.layers]
+        self._mlp_norms = [resolve(layer, layout.mlp_norm) for layer in self.layers]
+        if self.granularity is Granularity.BLOCK:
+            self.players = tuple(Player(i, "block") for i in range(self.num_layers))
+        else:
+            self.players = tuple(Player(i, kind) for i in range(self.num_layers) for kind in ("attn", "mlp"))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_players(self) -> int:
+        return len(self.players)
+
+    @property
+    def player_names(self) -> tuple[str, ...]:
+        return tuple(player.name for player in self.players)
+
+    def full_mask(self) -> npt.NDArray[np.bool_]:
+        """The all-present mask."""
+        return np.ones(self.n_players, dtype=bool)
+
+    def layer_plan(self, mask: Sequence[bool] | npt.NDArray[np.bool_]) -> LayerPlan:
+        """Which sublayers run under ``mask``, as bool[L, 2] (attention, MLP) per decoder layer."""
+        mask_array = self.validate_mask(mask)
+        if self.granularity is Granularity.BLOCK:
+            return np.repeat(mask_array[:, None], 2, axis=1)
+        return mask_array.reshape(self.num_layers, 2)
+
+    def validate_mask(self, mask: Sequence[bool] | npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """``mask`` as a bool[n_players] array; a wrong length or non-boolean entries are a ConfigError."""
+        array = np.asarray(mask)
+        if array.ndim != 1 or array.shape[0] != self.n_players:
+            raise ConfigError(
+                f"mask has shape {array.shape} but the model has {self.n_players} {self.granularity.value} "
+                f"players ({self.num_layers} layers): give one boolean per player, in layer order"
+            )
+        if array.dtype != np.bool_:
+            if not np.isin(array, (0, 1)).all():
+                raise ConfigError(f"mask entries must be booleans or 0/1, got {array.tolist()}")
+            array = array.astype(bool)
+        return array
+
+    def run_layer(
+        self, index: int, hidden: torch.Tensor, attention: bool, mlp: bool, layer_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """Decoder layer ``index`` applied to ``hidden`` [b, s, d] with only the chosen sublayers.
+
+        Pure: it changes no model state. ``layer_kwargs`` are what the backbone passes to the layer
+        (attention mask, position embeddings, cache...).
+        """
+        if attention and mlp:
+            return self.layers[index](hidden, **layer_kwargs)
+        if attention:
+            return self._attention_update(index, hidden, layer_kwargs)
+        if mlp:
+            return self._mlp_update(index, hidden)
+        return hidden
+
+    def _attention_update(self, index: int, hidden: torch.Tensor, layer_kwargs: dict[str, Any]) -> torch.Tensor:
+        update, _ = self._attentions[index](hidden_states=self._attention_norms[index](hidden), **layer_kwargs)
+        return hidden + update
+
+    def _mlp_update(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self._mlps[index](self._mlp_norms[index](hidden))
+
+    def _partial_forward(self, index: int, attention: bool, mlp: bool) -> Callable[..., torch.Tensor]:
+        """A replacement ``forward`` for layer ``index`` that runs only the chosen sublayers."""
+
+        def forward(hidden_states: torch.Tensor, *args: Any, **layer_kwargs: Any) -> torch.Tensor:
+            if args:
+                raise TypeError("MaskedModel expects decoder layers to be called with keyword arguments only")
+            return self.run_layer(index, hidden_states, attention, mlp, layer_kwargs)
+
+        return forward
+
+    @contextmanager
+    def active(self, mask: Sequence[bool] | npt.NDArray[np.bool_]) -> Iterator[MaskedModel]:
+        """Run the model with only the players in ``mask`` present; the full model is restored on exit.
+
+        Example::
+
+            with masked.active(mask):
+                logits = masked.model(input_ids).logits
+        """
+        plan = self.layer_plan(mask)
+        overridden: list[int] = []
+        original_indices = [getattr(attention, "layer_idx", None) for attention in self._attentions]
+        try:
+            for index, (attention, mlp) in enumerate(plan):
+                if attention and mlp:
+                    continue
+                self.layers[index].forward = self._partial_forward(index, bool(attention), bool(mlp))
+                overridden.append(index)
+            # KV-cache slots are renumbered over the attentions that run, as if the skipped ones were removed,
+            # so that the cache's length (read from slot 0) is that of a layer which really sees the tokens.
+            running = [index for index in range(self.num_layers) if plan[index, 0]]
+            for slot, index in enumerate(running):
+                if original_indices[index] is not None:
+                    self._attentions[index].layer_idx = slot
+            yield self
+        finally:
+            for index in overridden:
+                del self.layers[index].forward
+            for attention, layer_idx in zip(self._attentions, original_indices, strict=True):
+                if layer_idx is not None:
+                    attention.layer_idx = layer_idx
