@@ -109,11 +109,13 @@ class BatchedEngine:
         coalitions: Coalitions,
         batch: TokenBatch | PreparedBatch,
         readout: Callable[[torch.Tensor], ReadoutResult],
+        progress: Callable[[], object] | None = None,
     ) -> list[ReadoutResult]:
         """``readout(final_hidden)`` for each coalition (row of bool[k, n]), in the order given.
 
         ``final_hidden`` [b, s, d] is the output of the final norm; the readout applies whatever head it needs.
         Values equal running each mask alone (same kernels, same order of operations per mask).
+        ``progress`` is called once per coalition done (e.g. a progress bar's ``update``).
         """
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
         masked = self.masked
@@ -135,6 +137,8 @@ class BatchedEngine:
             results[mask_index] = readout(masked.final_norm(hidden))
             self.stats.masks += 1
             previous = plan
+            if progress is not None:
+                progress()
         return results  # type: ignore[return-value]
 
 
