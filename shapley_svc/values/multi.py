@@ -1,0 +1,76 @@
+"""Several value functions in one game: one column per task from a single pass over the coalitions.
+
+:class:`MultiTask` concatenates the token batches of its value functions; ``score`` dispatches a batch index
+to the value function that owns it, and ``finalize`` concatenates each one's columns. The engine therefore
+evaluates every coalition on every task's batches in one call, with its usual prefix sharing across masks,
+and the columns equal those of the single-task games.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from shapley_svc.engine import TokenBatch
+from shapley_svc.errors import ConfigError
+from shapley_svc.values.base import ValueFunction, digest
+
+
+class MultiTask:
+    """Value functions side by side; ``task_names`` and values are theirs, concatenated in the order given.
+
+    Example: ``MultiTask([MMLU(metrics=("p_correct", "accuracy")), LanguageModelingLoss()])``.
+    """
+
+    def __init__(self, value_fns: Sequence[ValueFunction]):
+        if not value_fns:
+            raise ConfigError("MultiTask needs at least one value function")
+        self.value_fns = tuple(value_fns)
+        self._starts: list[int] = []  # first global batch index of each value function
+        self._prepared = False
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        names = tuple(name for value_fn in self.value_fns for name in value_fn.task_names)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"MultiTask columns must have distinct names, got {names}")
+        return names
+
+    def prepare(self, tokenizer: PreTrainedTokenizerBase) -> list[TokenBatch]:
+        """Every value function's batches, one after the other."""
+        batches: list[TokenBatch] = []
+        self._starts = []
+        for value_fn in self.value_fns:
+            self._starts.append(len(batches))
+            batches.extend(value_fn.prepare(tokenizer))
+        self._prepared = True
+        return batches
+
+    def fingerprint(self) -> str:
+        return digest({"kind": "multi", "parts": [value_fn.fingerprint() for value_fn in self.value_fns]})
+
+    def _owner(self, batch_index: int) -> int:
+        if not self._prepared:
+            raise ConfigError("call prepare(tokenizer) before scoring")
+        return bisect.bisect_right(self._starts, batch_index) - 1
+
+    def score(self, batch_index: int, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
+        """The owning value function's statistics for its own batch number."""
+        owner = self._owner(batch_index)
+        return self.value_fns[owner].score(batch_index - self._starts[owner], final_hidden, head)
+
+    def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
+        if not self._prepared:
+            raise ConfigError("call prepare(tokenizer) before finalize")
+        ends = [*self._starts[1:], len(statistics)]
+        return np.concatenate(
+            [
+                np.asarray(value_fn.finalize(statistics[start:end]), dtype=np.float64)
+                for value_fn, start, end in zip(self.value_fns, self._starts, ends, strict=True)
+            ]
+        )

@@ -1,0 +1,560 @@
+"""Multiple choice by continuation log-likelihood (lm-eval's ``acc`` / ``acc_norm``), with packed prefixes.
+
+For each item and choice ``i`` lm-eval scores ``log p(continuation_i | context_i)``, tokenising the pair as
+``TemplateLM._encode_pair`` does (trailing spaces of the context move to the continuation; context and
+continuation are encoded together, then split at the length of the encoded context). Then
+
+    acc      = [argmax_i ll_i == gold]
+    acc_norm = [argmax_i ll_i / len(choice_text_i) == gold]   (characters, as lm-eval 0.4.13 computes it)
+    p_correct = softmax_i(ll_i)[gold]                          (a smooth, bounded alternative)
+
+Prompt templates follow lm-eval's task yamls: ARC ("Question: {q}\\nAnswer:" + " {choice}"), HellaSwag
+(its ``process_docs`` preprocessing), PIQA, BoolQ ("{passage}\\nQuestion: {q}?\\nAnswer:" + " no"/" yes"),
+Winogrande (partial evaluation: the option fills the blank, the text after the blank is scored).
+
+Packing. The choices of an item share a token prefix (the context, or for Winogrande the text before the
+blank). :func:`pack_sequences` lays out a group's shared prefix once per row followed by each member's
+suffix, with a 4D boolean attention mask (a suffix sees the prefix and itself, causally) and position ids
+restarting at ``len(prefix)`` for each suffix, so every scored position sees exactly the tokens and
+positions of its unpacked sequence. The MMLU value function packs a subject's few-shot prefix the same way.
+The boolean mask suits SDPA attention (the loader's default); ``reuse_prefix=False`` gives plain causal rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from shapley_svc.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
+from shapley_svc.engine import TokenBatch
+from shapley_svc.errors import ConfigError, DataError
+from shapley_svc.values.base import digest
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_MAX_LENGTH = 2048
+_UNBOUNDED_TOKENIZER_LENGTH = 1_000_000
+
+
+# ----------------------------------------------------------------------------------------------- tokenising
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], add_bos: bool) -> list[list[int]]:
+    """Token ids of each text without special tokens, BOS prepended when ``add_bos`` (batched, fast)."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if not add_bos:
+        return [list(ids) for ids in encoded]
+    if tokenizer.bos_token_id is None:
+        raise ConfigError("add_bos=True but the tokenizer has no BOS token: use add_bos=False")
+    return [[tokenizer.bos_token_id, *ids] for ids in encoded]
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], add_bos: bool
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per (context, continuation), split exactly as lm-eval's TemplateLM does."""
+    moved: list[tuple[str, str]] = []
+    for context, continuation in pairs:
+        if not context:
+            raise ConfigError("an empty context is not supported here; give every request some context text")
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        moved.append((context, continuation))
+    wholes = encode_texts(tokenizer, [context + continuation for context, continuation in moved], add_bos)
+    contexts = encode_texts(tokenizer, [context for context, _ in moved], add_bos)
+    return [(context, whole[len(context) :]) for context, whole in zip(contexts, wholes, strict=True)]
+
+
+def resolve_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> int:
+    """``max_length``, else the tokenizer's ``model_max_length`` when it is a real limit, else 2048."""
+    if max_length is not None:
+        if max_length < 2:
+            raise ConfigError(f"max_length must be at least 2, got {max_length}")
+        return max_length
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit is not None and limit < _UNBOUNDED_TOKENIZER_LENGTH else DEFAULT_MAX_LENGTH
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    shortest = min(len(sequence) for sequence in sequences)
+    for position in range(shortest):
+        token = sequences[0][position]
+        if any(sequence[position] != token for sequence in sequences[1:]):
+            return position
+    return shortest
+
+
+# ----------------------------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """Token batches holding many sequences, and where each sequence (member) sits in them.
+
+    Member ``m`` (in the order given to :func:`pack_sequences`) lies in row ``row[m]`` of batch ``batch[m]``;
+    its shared prefix occupies columns ``0..prefix_length[m]-1`` and its suffix starts at ``suffix_start[m]``.
+    """
+
+    batches: list[TokenBatch]
+    batch: np.ndarray
+    row: np.ndarray
+    prefix_length: np.ndarray
+    suffix_start: np.ndarray
+
+    def columns(self, member: int, positions: np.ndarray) -> np.ndarray:
+        """Columns of the row of ``member`` that hold its unpacked positions ``positions``."""
+        prefix = int(self.prefix_length[member])
+        return np.where(positions < prefix, positions, positions - prefix + int(self.suffix_start[member]))
+
+
+def pack_sequences(
+    groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+    *,
+    reuse_prefix: bool,
+    max_row_tokens: int,
+    max_batch_tokens: int,
+    pad_id: int,
+) -> PackedSequences:
+    """Lay out groups ``(prefix, [suffix, ...])`` into token batches; members are numbered group by group.
+
+    With ``reuse_prefix`` a row is ``prefix + suffix_1 + suffix_2 + ...`` (up to ``max_row_tokens``, at least
+    one suffix) with a 4D mask; without, every member is its own causal row ``prefix + suffix``.
+    """
+    if max_row_tokens < 1 or max_batch_tokens < 1:
+        raise ConfigError(f"max_row_tokens ({max_row_tokens}) and max_batch_tokens ({max_batch_tokens}) must be >= 1")
+    rows: list[tuple[list[int], list[tuple[int, int]]]] = []  # (tokens, [(member, suffix start)])
+    segment_rows: list[list[int]] = []
+    position_rows: list[list[int]] = []
+    member_count = 0
+    placements: list[tuple[int, int, int]] = []  # per member: row, prefix length, suffix start
+    for prefix, suffixes in groups:
+        prefix = list(prefix)
+        row_open = False  # whether the last row belongs to this group and may take more suffixes
+        for suffix in suffixes:
+            fits = row_open and len(rows[-1][0]) + len(suffix) <= max_row_tokens
+            if not (reuse_prefix and fits):
+                rows.append((list(prefix), []))
+                segment_rows.append([0] * len(prefix))
+                position_rows.append(list(range(len(prefix))))
+                row_open = True
+            tokens, members = rows[-1]
+            start = len(tokens)
+            members.append((member_count, start))
+            tokens.extend(suffix)
+            segment_rows[-1].extend([len(members)] * len(suffix))
+            position_rows[-1].extend(range(len(prefix), len(prefix) + len(suffix)))
+            placements.append((len(rows) - 1, len(prefix), start))
+            member_count += 1
+    batch_of_row: list[int] = []
+    batches: list[TokenBatch] = []
+    row_in_batch: list[int] = []
+    start_row = 0
+    while start_row < len(rows):
+        end_row = start_row + 1
+        longest = len(rows[start_row][0])
+        while end_row < len(rows):
+            longest_next = max(longest, len(rows[end_row][0]))
+            if longest_next * (end_row - start_row + 1) > max_batch_tokens:
+                break
+            longest = longest_next
+            end_row += 1
+        indices = range(start_row, end_row)
+        batches.append(
+            _packed_batch(
+                [rows[i][0] for i in indices],
+                [segment_rows[i] for i in indices],
+                [position_rows[i] for i in indices],
+                pad_id,
+                use_4d_mask=reuse_prefix,
+            )
+        )
+        for offset, _ in enumerate(indices):
+            batch_of_row.append(len(batches) - 1)
+            row_in_batch.append(offset)
+        start_row = end_row
+    row_index = np.array([placement[0] for placement in placements], dtype=np.int64)
+    return PackedSequences(
+        batches=batches,
+        batch=np.array(batch_of_row, dtype=np.int64)[row_index] if len(row_index) else row_index,
+        row=np.array(row_in_batch, dtype=np.int64)[row_index] if len(row_index) else row_index,
+        prefix_length=np.array([placement[1] for placement in placements], dtype=np.int64),
+        suffix_start=np.array([placement[2] for placement in placements], dtype=np.int64),
+    )
+
+
+def _packed_batch(
+    rows: list[list[int]],
+    segments: list[list[int]],
+    positions: list[list[int]],
+    pad_id: int,
+    *,
+    use_4d_mask: bool,
+) -> TokenBatch:
+    """Right-padded ids; a 4D mask from segment ids (0 prefix, k suffix k, -1 pad) or a 2D padding mask."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, (row, row_segments, row_positions) in enumerate(zip(rows, segments, positions, strict=True)):
+        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        segment[index, : len(row)] = torch.tensor(row_segments, dtype=torch.long)
+        position_ids[index, : len(row)] = torch.tensor(row_positions, dtype=torch.long)
+    if not use_4d_mask:
+        return TokenBatch(input_ids, attention_mask=(segment >= 0).long())
+    query, key = segment[:, :, None], segment[:, None, :]  # [b, s, 1], [b, 1, s]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    sees = ((key == 0) & (query >= 0)) | ((key == query) & (query > 0))
+    # A padding position sees only itself, so no row of the softmax is empty (an empty row would give NaN).
+    mask = (sees & causal) | torch.eye(width, dtype=torch.bool)
+    return TokenBatch(input_ids, attention_mask=mask[:, None], position_ids=position_ids)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id used for padding (never attended to): pad, else EOS, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def continuation_logprobs(
+    final_hidden: torch.Tensor,
+    head: nn.Module,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_tokens: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and whether it is the argmax, at the given (row, column) positions of ``final_hidden``.
+
+    The head runs only at those positions (``chunk_tokens`` at a time), in float32 for the log-softmax.
+    """
+    hidden = final_hidden[rows, columns]  # [T, d]
+    logprobs, greedy = [], []
+    for begin in range(0, len(hidden), chunk_tokens):
+        logits = head(hidden[begin : begin + chunk_tokens]).float()  # [c, V]
+        chunk_targets = targets[begin : begin + chunk_tokens]
+        log_softmax = F.log_softmax(logits, dim=-1)
+        logprobs.append(log_softmax.gather(1, chunk_targets[:, None])[:, 0])
+        greedy.append(logits.argmax(dim=-1) == chunk_targets)
+    if not logprobs:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(logprobs), torch.cat(greedy)
+
+
+def mean_and_stderr(per_item: np.ndarray) -> tuple[float, float]:
+    """Mean over items and its standard error (sample standard deviation / sqrt(n), as lm-eval reports)."""
+    values = np.asarray(per_item, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# ----------------------------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True)
+class ChoiceRequests:
+    """What lm-eval asks of the model for one item: a (context, continuation) per choice, and the gold index."""
+
+    pairs: tuple[tuple[str, str], ...]
+    norm_texts: tuple[str, ...]  # the choice strings whose character length normalises acc_norm
+    gold: int
+
+
+def _question_answer(item: MultipleChoiceItem) -> ChoiceRequests:
+    context = f"Question: {item.question}\nAnswer:"
+    return ChoiceRequests(tuple((context, f" {choice}") for choice in item.choices), item.choices, item.answer)
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's HellaSwag text clean-up: strip, ``[title]`` to a full stop, drop other bracketed markers."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag(item: MultipleChoiceItem) -> ChoiceRequests:
+    try:
+        label, ctx_a, ctx_b = item.subject, item.extra["ctx_a"], item.extra["ctx_b"]
+    except KeyError as error:
+        raise DataError(f"HellaSwag item {item.id} lacks the field {error.args[0]!r} (needs ctx_a, ctx_b)") from error
+    if label is None:
+        raise DataError(f"HellaSwag item {item.id} lacks 'subject' (the activity label)")
+    query = hellaswag_preprocess(f"{label}: {ctx_a} {ctx_b.capitalize()}")
+    choices = tuple(hellaswag_preprocess(ending) for ending in item.choices)
+    return ChoiceRequests(tuple((query, f" {choice}") for choice in choices), choices, item.answer)
+
+
+def _boolq(item: MultipleChoiceItem) -> ChoiceRequests:
+    if "passage" not in item.extra:
+        raise DataError(f"BoolQ item {item.id} lacks the field 'passage'")
+    context = f"{item.extra['passage']}\nQuestion: {item.question}?\nAnswer:"
+    return ChoiceRequests(tuple((context, f" {choice}") for choice in item.choices), item.choices, item.answer)
+
+
+def _winogrande(item: MultipleChoiceItem) -> ChoiceRequests:
+    blank = item.question.find("_")
+    if blank < 0:
+        raise DataError(f"Winogrande item {item.id} has no '_' blank in its sentence {item.question!r}")
+    contexts = tuple(item.question[:blank] + option for option in item.choices)
+    continuation = " " + item.question[blank + 1 :].strip()
+    return ChoiceRequests(tuple((context, continuation) for context in contexts), contexts, item.answer)
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    """An lm-eval multiple-choice task: its data set, default split, prompt builder and reported metrics."""
+
+    dataset: str
+    split: str
+    build: Callable[[MultipleChoiceItem], ChoiceRequests]
+    metrics: tuple[str, ...]
+
+
+TASKS: dict[str, TaskTemplate] = {
+    "arc_easy": TaskTemplate("arc_easy", "test", _question_answer, ("acc", "acc_norm")),
+    "arc_challenge": TaskTemplate("arc_challenge", "test", _question_answer, ("acc", "acc_norm")),
+    "hellaswag": TaskTemplate("hellaswag", "validation", _hellaswag, ("acc", "acc_norm")),
+    "piqa": TaskTemplate("piqa", "validation", _question_answer, ("acc", "acc_norm")),
+    "boolq": TaskTemplate("boolq", "validation", _boolq, ("acc",)),
+    "winogrande": TaskTemplate("winogrande", "validation", _winogrande, ("acc",)),
+}
+METRICS = ("acc", "acc_norm", "p_correct")
+
+
+def task_template(task: str) -> TaskTemplate:
+    """The template of ``task``; an unknown name is a ConfigError listing the known ones."""
+    try:
+        return TASKS[task]
+    except KeyError:
+        raise ConfigError(f"unknown multiple-choice task {task!r}: use one of {', '.join(TASKS)}") from None
+
+
+def select_items(
+    items: Sequence[MultipleChoiceItem], limit: int | None, sample: int | None, seed: int
+) -> list[MultipleChoiceItem]:
+    """The first ``limit`` items, then (when ``sample`` is set) a seeded sample of them, kept in file order."""
+    chosen = list(items[:limit] if limit is not None else items)
+    if sample is not None:
+        if sample < 1:
+            raise ConfigError(f"sample must be >= 1, got {sample}")
+        if sample < len(chosen):
+            picked = np.sort(np.random.default_rng(seed).choice(len(chosen), size=sample, replace=False))
+            chosen = [chosen[i] for i in picked]
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------- value function
+
+
+@dataclass
+class MultipleChoice:
+    """A multiple-choice task scored by continuation log-likelihood; one value column per metric.
+
+    ``metrics`` default to the task's lm-eval metrics (``acc`` and, except BoolQ and Winogrande, ``acc_norm``);
+    ``p_correct`` (the softmax of the choices' log-likelihoods at the gold choice) is a smooth bounded option.
+    """
+
+    task: str
+    split: str | None = None
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+    source: str = "local"
+    data_dir: Path | None = None
+    metrics: tuple[str, ...] | None = None
+    add_bos: bool = False
+    reuse_prefix: bool = True
+    max_length: int | None = None
+    max_row_tokens: int = 2048
+    max_batch_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        self._template = task_template(self.task)
+        self._metrics = tuple(self.metrics) if self.metrics is not None else self._template.metrics
+        unknown = [metric for metric in self._metrics if metric not in METRICS]
+        if unknown or not self._metrics:
+            raise ConfigError(f"unknown metric(s) {unknown or '(none given)'}: use some of {', '.join(METRICS)}")
+        self._requests: list[ChoiceRequests] | None = None
+        self._tokens: torch.Tensor | None = None
+        self._readouts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._choice_count = 0
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.task}.{metric}" for metric in self._metrics)
+
+    def prepare(self, tokenizer: PreTrainedTokenizerBase) -> list[TokenBatch]:
+        """Read the items, build lm-eval's requests, tokenise them and pack each item's choices together."""
+        template = self._template
+        items = load_multiple_choice(
+            template.dataset, self.split or template.split, source=self.source, data_dir=self.data_dir
+        )
+        selected = select_items(items, self.limit, self.sample, self.seed)
+        self._requests = [template.build(item) for item in selected]
+        ids = [item.id for item in selected]
+        batches, self._readouts, self._tokens = build_choice_batches(
+            tokenizer,
+            [request.pairs for request in self._requests],
+            ids,
+            add_bos=self.add_bos,
+            reuse_prefix=self.reuse_prefix,
+            max_length=resolve_max_length(tokenizer, self.max_length),
+            max_row_tokens=self.max_row_tokens,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+        self._choice_count = sum(len(request.pairs) for request in self._requests)
+        return batches
+
+    def fingerprint(self) -> str:
+        if self._tokens is None or self._requests is None:
+            raise ConfigError("call prepare(tokenizer) before fingerprint(): the digest covers the token ids")
+        settings = {
+            "kind": "multiple_choice",
+            "version": FORMAT_VERSION,
+            "task": self.task,
+            "split": self.split or self._template.split,
+            "metrics": self._metrics,
+            "bos": self.add_bos,
+            "gold": [request.gold for request in self._requests],
+            "norm": [[len(text) for text in request.norm_texts] for request in self._requests],
+        }
+        return digest(settings, self._tokens)
+
+    def score(self, batch_index: int, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
+        """float[c, 3]: (global choice index, log-likelihood, all tokens greedy) of the choices in this batch."""
+        return score_choices(self._readouts[batch_index], final_hidden, head)
+
+    def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
+        loglikelihoods = self.choice_loglikelihoods(statistics)
+        per_item = self.per_item_metrics(loglikelihoods)
+        return np.array([per_item[metric].mean() for metric in self._metrics])
+
+    def choice_loglikelihoods(self, statistics: list[np.ndarray]) -> list[np.ndarray]:
+        """Per item, the log-likelihood of each choice's continuation (lm-eval's ``resps``)."""
+        if self._requests is None:
+            raise ConfigError("call prepare(tokenizer) before scoring")
+        flat = gather_choice_statistics(statistics, self._choice_count)[:, 0]
+        result, offset = [], 0
+        for request in self._requests:
+            result.append(flat[offset : offset + len(request.pairs)])
+            offset += len(request.pairs)
+        return result
+
+    def per_item_metrics(self, loglikelihoods: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """acc, acc_norm and p_correct of every item (use :func:`mean_and_stderr` on one for its error bar)."""
+        if self._requests is None:
+            raise ConfigError("call prepare(tokenizer) before scoring")
+        acc, acc_norm, p_correct = [], [], []
+        for request, lls in zip(self._requests, loglikelihoods, strict=True):
+            lengths = np.array([float(len(text)) for text in request.norm_texts])
+            acc.append(float(np.argmax(lls) == request.gold))
+            acc_norm.append(float(np.argmax(lls / lengths) == request.gold))
+            p_correct.append(float(np.exp(lls[request.gold] - np.logaddexp.reduce(lls))))
+        return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "p_correct": np.array(p_correct)}
+
+
+def build_choice_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    pair_sets: Sequence[Sequence[tuple[str, str]]],
+    ids: Sequence[str],
+    *,
+    add_bos: bool,
+    reuse_prefix: bool,
+    max_length: int,
+    max_row_tokens: int,
+    max_batch_tokens: int,
+) -> tuple[list[TokenBatch], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Token batches for loglikelihood requests grouped by item (each group shares its common token prefix).
+
+    Returns the batches, per batch the readout (rows, columns, targets, global request index per scored
+    token), and all unpacked input tokens concatenated (for fingerprints).
+    """
+    flat_pairs = [pair for pairs in pair_sets for pair in pairs]
+    encoded = encode_pairs(tokenizer, flat_pairs, add_bos)
+    groups: list[tuple[list[int], list[list[int]]]] = []
+    scored: list[tuple[np.ndarray, list[int]]] = []  # per request: unpacked positions, targets
+    unpacked: list[int] = []
+    offset = 0
+    for item_id, pairs in zip(ids, pair_sets, strict=True):
+        inputs = []
+        for context, continuation in encoded[offset : offset + len(pairs)]:
+            if not continuation:
+                raise DataError(f"item {item_id}: a choice's continuation encodes to no tokens; nothing to score")
+            whole = context + continuation
+            if len(whole) - 1 > max_length:
+                raise DataError(
+                    f"item {item_id}: its prompt is {len(whole) - 1} tokens, longer than max_length {max_length}; "
+                    "raise max_length (up to the model's context) or leave the item out"
+                )
+            inputs.append(whole[:-1])
+            scored.append((np.arange(len(context) - 1, len(whole) - 1), continuation))
+            unpacked.extend(whole)
+        shared = common_prefix_length(inputs)
+        groups.append((inputs[0][:shared], [sequence[shared:] for sequence in inputs]))
+        offset += len(pairs)
+    packed = pack_sequences(
+        groups,
+        reuse_prefix=reuse_prefix,
+        max_row_tokens=max_row_tokens,
+        max_batch_tokens=max_batch_tokens,
+        pad_id=pad_token_id(tokenizer),
+    )
+    per_batch: list[list[tuple[np.ndarray, np.ndarray, list[int], np.ndarray]]] = [[] for _ in packed.batches]
+    for request, (positions, targets) in enumerate(scored):
+        columns = packed.columns(request, positions)
+        rows = np.full(len(positions), packed.row[request])
+        per_batch[packed.batch[request]].append((rows, columns, targets, np.full(len(positions), request)))
+    readouts = [
+        (
+            torch.from_numpy(np.concatenate([entry[0] for entry in entries])),
+            torch.from_numpy(np.concatenate([entry[1] for entry in entries])),
+            torch.tensor([token for entry in entries for token in entry[2]], dtype=torch.long),
+            torch.from_numpy(np.concatenate([entry[3] for entry in entries])),
+        )
+        for entries in per_batch
+    ]
+    return packed.batches, readouts, torch.tensor(unpacked, dtype=torch.long)
+
+
+def score_choices(
+    readout: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], final_hidden: torch.Tensor, head: nn.Module
+) -> np.ndarray:
+    """float[r, 3]: (request index, summed log-likelihood, all greedy) for the requests scored in one batch."""
+    rows, columns, targets, owners = (tensor.to(final_hidden.device) for tensor in readout)
+    logprobs, greedy = continuation_logprobs(final_hidden, head, rows, columns, targets)
+    requests, inverse = torch.unique(owners, return_inverse=True)
+    sums = torch.zeros(len(requests), dtype=torch.float64, device=logprobs.device)
+    sums.index_add_(0, inverse, logprobs.double())
+    misses = torch.zeros(len(requests), dtype=torch.long, device=logprobs.device)
+    misses.index_add_(0, inverse, (~greedy).long())
+    return torch.stack([requests.double(), sums, (misses == 0).double()], dim=1).cpu().numpy()
+
+
+def gather_choice_statistics(statistics: list[np.ndarray], count: int) -> np.ndarray:
+    """float[count, 2]: (log-likelihood, greedy) per request index from the per-batch statistics."""
+    stacked = np.concatenate(statistics) if statistics else np.zeros((0, 3))
+    result = np.full((count, 2), np.nan)
+    result[stacked[:, 0].astype(np.int64)] = stacked[:, 1:]
+    if np.isnan(result).any():
+        raise ConfigError("statistics are missing some requests: pass the statistics of every batch, in order")
+    return result
