@@ -1,0 +1,148 @@
+"""`shapley-svc prune` end to end on a tiny model saved to disk: explicit lists, ranking files, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import shapley_svc.cli as cli
+from shapley_svc.model.loading import tiny_model
+from shapley_svc.ranking import Ranking, RankingSet
+
+FAST = ["--window", "32", "--calibration-windows", "4:2", "--judge-windows", "8:2", "--latency-repeats", "1"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    loaded = tiny_model("llama", num_layers=4, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def only_prune(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register only the prune subcommand, so this test does not depend on the others' modules."""
+    monkeypatch.setattr(cli, "SUBCOMMANDS", ("prune",))
+
+
+def test_explicit_lists_with_recovery(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pruned"
+    code = cli.main(
+        [
+            "prune",
+            "--model",
+            str(model_dir),
+            "--blocks",
+            "2",
+            "--attn",
+            "1",
+            "--out",
+            str(out),
+            "--recovery",
+            "lowrank",
+            "--rank",
+            "4",
+            *FAST,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "layer1.attn, layer2.block" in printed and "held out: unknown" in printed
+    assert "wikitext2 windows 8-9 of 32 tokens" in printed and "KV bytes/token" in printed
+    summary = json.loads((out / "pruning-summary.json").read_text())
+    assert summary["calibration_after"] <= summary["calibration_before"]
+    assert summary["after"]["kv_bytes_per_token"] == 2 * summary["before"]["kv_bytes_per_token"] // 4
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 3
+    reloaded.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False, pad_token_id=2)
+
+
+def test_ranking_file_with_method_and_protection(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    players = tuple(f"layer{i}.block" for i in range(4))
+    meta = {"corpus": "wikitext2", "window": 32, "first_window": 0, "windows": 4}
+    rankings = RankingSet(
+        rankings=(
+            Ranking(
+                players=players,
+                granularity="block",
+                scores=(4.0, 3.0, 2.0, 1.0),
+                method="leave_one_out",
+                task="wikitext2.neg_loss",
+                model_fingerprint="x",
+                metadata=meta,
+            ),
+            Ranking(
+                players=players,
+                granularity="block",
+                scores=(1.0, 2.0, 3.0, 4.0),
+                method="block_influence",
+                model_fingerprint="x",
+            ),
+        )
+    )
+    rankings.save(tmp_path / "rankings.json")
+    code = cli.main(
+        [
+            "prune",
+            "--model",
+            str(model_dir),
+            "--ranking",
+            str(tmp_path / "rankings.json"),
+            "--method",
+            "leave_one_out",
+            "--count",
+            "1",
+            "--protect-last",
+            "1",
+            "--out",
+            str(tmp_path / "pruned"),
+            *FAST,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "removed 1 player(s): layer2.block" in printed
+    assert "(estimated on: wikitext2 windows 0-3 of 32 tokens)" in printed and "held out: yes" in printed
+
+    code = cli.main(
+        [
+            "prune",
+            "--model",
+            str(model_dir),
+            "--ranking",
+            str(tmp_path / "rankings.json"),
+            "--count",
+            "1",
+            "--out",
+            str(tmp_path / "other"),
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and "pick one with --method (block_influence, leave_one_out)" in error
+    assert error.strip().splitlines()[-1].startswith("shapley-svc prune: error:")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--blocks", "1", "--ranking", "r.json"], "either --ranking"),
+        (["--blocks", "9"], "layers 0 to 3"),
+        (["--blocks", "1", "--count", "2"], "select from a --ranking"),
+        (["--blocks", "0,1,2,3"], "every decoder block"),
+    ],
+)
+def test_bad_input_is_one_line(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    code = cli.main(["prune", "--model", str(model_dir), "--out", str(tmp_path / "o"), *arguments, *FAST])
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]
+    assert code == 2 and message in last and last.startswith("shapley-svc prune: error:")
