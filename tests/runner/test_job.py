@@ -1,0 +1,134 @@
+"""Whole jobs in process on a tiny model: results per task and granularity, cache reuse, resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapley_svc.data.corpus import default_data_dir
+from shapley_svc.estimators.base import EstimatorSettings
+from shapley_svc.estimators.exact import ExactEstimator
+from shapley_svc.model.loading import tiny_model
+from shapley_svc.runner.driver import PreparedRun, run_job
+from shapley_svc.runner.executors import GameInfo, GameWorker, InProcessExecutor, WorkerSetup, build_games
+from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, parse_spec
+from shapley_svc.store import JobStatus, SQLiteStore
+from shapley_svc.types import Coalitions, Values
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    loaded = tiny_model("llama", num_layers=4, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def job_spec(checkpoint: Path, store: Path) -> JobSpec:
+    task = {"corpus": "wikitext2", "data_dir": str(default_data_dir()), "window": 32, "windows": 2}
+    return parse_spec(
+        {
+            "model": {"name": str(checkpoint), "dtype": "float32"},
+            "players": {"granularities": ["block", "sublayer"]},
+            "tasks": [{"name": "lm_loss", "params": task}],
+            "estimators": [{"name": "exact", "seed": 0}],
+            "budget": {"evaluations": 256},
+            "executor": {"chunk_size": 8},
+            "store": {"path": str(store)},
+        }
+    )
+
+
+class Interrupting(ExactEstimator):
+    """Exact enumeration that raises KeyboardInterrupt at its ``after``-th tell (a Ctrl-C mid-run)."""
+
+    after: int | None = None
+
+    def tell(self, request_id: int, values: Values) -> None:
+        if self.after is not None and len(self._answered) == self.after:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        super().tell(request_id, values)
+
+
+def exact_factory(interrupt_after: int | None = None):
+    def factory(spec: EstimatorSpec, game: GameInfo, budget: BudgetSpec) -> PreparedRun:
+        settings = EstimatorSettings(game.n_players, budget.evaluations, spec.seed, game.player_names)
+        estimator = Interrupting(settings)
+        estimator.after = interrupt_after
+        estimator.set_task_names(game.task_names)
+        return PreparedRun(estimator, None, None)
+
+    return factory
+
+
+class Counting:
+    """Wraps a game and records every coalition it evaluates."""
+
+    def __init__(self, game, seen: list[bytes]):
+        self.game = game
+        self.seen = seen
+        self.n_players, self.player_names, self.task_names = game.n_players, game.player_names, game.task_names
+
+    def fingerprint(self) -> str:
+        return self.game.fingerprint()
+
+    def __call__(self, coalitions: Coalitions) -> Values:
+        self.seen.extend(np.packbits(row).tobytes() + bytes([len(row)]) for row in coalitions)
+        return self.game(coalitions)
+
+
+def counting_executor(spec: JobSpec, seen: list[bytes]) -> InProcessExecutor:
+    games = build_games(WorkerSetup.from_spec(spec))
+    return InProcessExecutor(GameWorker({key: Counting(game, seen) for key, game in games.items()}))
+
+
+def stored(store_path: Path, job_id: str) -> dict[tuple[str, str, str], dict]:
+    """The job's results by (granularity, estimator, task), without the job id recorded in their provenance."""
+    with SQLiteStore(store_path) as store:
+        results = {(r.granularity, r.estimator, r.task): json.loads(r.result_json) for r in store.get_results(job_id)}
+    for result in results.values():
+        assert result["params"]["provenance"].pop("job_id") == job_id
+    return results
+
+
+def test_job_stores_a_result_per_granularity_and_task_and_reruns_from_cache(checkpoint: Path, tmp_path: Path) -> None:
+    spec = job_spec(checkpoint, tmp_path / "s.sqlite")
+    seen: list[bytes] = []
+    first = run_job(spec, estimator_factory=exact_factory(), executor=counting_executor(spec, seen), progress_bar=False)
+    assert [run.stats.evaluated for run in first.runs] == [16, 256]
+    results = stored(spec.store.path, first.job_id)
+    assert set(results) == {("block", "exact", "wikitext2.neg_loss"), ("sublayer", "exact", "wikitext2.neg_loss")}
+    block = results[("block", "exact", "wikitext2.neg_loss")]
+    np.testing.assert_allclose(np.sum(block["values"]), block["v_full"][0] - block["v_empty"][0], atol=1e-9)
+    again: list[bytes] = []
+    second = run_job(
+        spec, estimator_factory=exact_factory(), executor=counting_executor(spec, again), progress_bar=False
+    )
+    assert again == [] and [run.stats.cache_hits for run in second.runs] == [16, 256]
+    assert stored(spec.store.path, second.job_id) == results
+    with SQLiteStore(spec.store.path) as store:
+        assert store.get_job(second.job_id).status is JobStatus.SUCCEEDED
+
+
+def test_resume_after_ctrl_c_gives_the_same_result_evaluating_nothing_twice(checkpoint: Path, tmp_path: Path) -> None:
+    reference_spec = job_spec(checkpoint, tmp_path / "reference.sqlite")
+    reference = run_job(reference_spec, estimator_factory=exact_factory(), progress_bar=False)
+    spec = job_spec(checkpoint, tmp_path / "s.sqlite")
+    seen: list[bytes] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_job(spec, estimator_factory=exact_factory(5), executor=counting_executor(spec, seen), progress_bar=False)
+    with SQLiteStore(spec.store.path) as store:
+        (failed,) = store.list_jobs()
+        assert failed.status is JobStatus.FAILED and "--resume" in (failed.error or "")
+    before = len(seen)
+    assert 0 < before < 16 + 256
+    resumed = run_job(
+        spec, estimator_factory=exact_factory(), executor=counting_executor(spec, seen), resume=True, progress_bar=False
+    )
+    assert resumed.job_id == failed.id
+    assert len(seen) == len(set(seen)) == 16 + 256, "a cached coalition was evaluated again"
+    assert stored(spec.store.path, resumed.job_id) == stored(reference_spec.store.path, reference.job_id)
