@@ -5,12 +5,21 @@ the same point whatever the batch size or tell order. ``PruningSetDecided`` is a
 k lowest players are not separated from the rest with confidence, it focuses a focusable estimator
 (``player_stratified``) on the players whose intervals straddle the boundary (in the spirit of the
 adaptive sampling of Neuron Shapley, Ghorbani & Zou 2020).
+
+Each criterion keeps the latest value of what it watches (``measures()``, e.g. the largest stderr), so a
+progress bar can show it without recomputing anything. Job specs name criteria through :func:`make_stopping`
+(``stderr_below``, ``rank_stable``, ...); a list of them is combined with ``|`` by :func:`any_of`.
 """
 
 from __future__ import annotations
 
 import abc
+import difflib
+import functools
+import inspect
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +29,13 @@ from shapley_svc.estimators.base import Estimator
 
 class StoppingCriterion(abc.ABC):
     """A rule deciding, from an estimator's state, whether to stop."""
+
+    measure_name: str = ""
+    last_measure: float | None = None
+
+    def measures(self) -> dict[str, float]:
+        """The latest value of what this criterion watches, by name (empty before its first check)."""
+        return {} if self.last_measure is None or not self.measure_name else {self.measure_name: self.last_measure}
 
     @abc.abstractmethod
     def should_stop(self, estimator: Estimator) -> bool:
@@ -49,6 +65,10 @@ class AllOf(StoppingCriterion):
         left, right = self.left.should_stop(estimator), self.right.should_stop(estimator)
         return left and right
 
+    def measures(self) -> dict[str, float]:
+        """Both criteria's measures."""
+        return {**self.left.measures(), **self.right.measures()}
+
     def reset(self) -> None:
         """Reset both."""
         self.left.reset()
@@ -74,6 +94,10 @@ class Not(StoppingCriterion):
         """Negation."""
         return not self.inner.should_stop(estimator)
 
+    def measures(self) -> dict[str, float]:
+        """The wrapped criterion's measures."""
+        return self.inner.measures()
+
     def reset(self) -> None:
         """Reset the wrapped criterion."""
         self.inner.reset()
@@ -82,6 +106,8 @@ class Not(StoppingCriterion):
 class MaxEvaluations(StoppingCriterion):
     """Stop once ``limit`` distinct coalitions have been evaluated."""
 
+    measure_name = "evaluations"
+
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ConfigError(f"MaxEvaluations needs a positive limit, got {limit}")
@@ -89,11 +115,14 @@ class MaxEvaluations(StoppingCriterion):
 
     def should_stop(self, estimator: Estimator) -> bool:
         """Evaluations used reached the limit."""
+        self.last_measure = float(estimator.evaluations_used)
         return estimator.evaluations_used >= self.limit
 
 
 class MaxTime(StoppingCriterion):
     """Stop once ``seconds`` of wall time have passed since the first check (not deterministic)."""
+
+    measure_name = "seconds"
 
     def __init__(self, seconds: float) -> None:
         if seconds <= 0:
@@ -106,15 +135,19 @@ class MaxTime(StoppingCriterion):
         now = time.monotonic()
         if self._start is None:
             self._start = now
+        self.last_measure = now - self._start
         return now - self._start >= self.seconds
 
     def reset(self) -> None:
         """Restart the clock."""
         self._start = None
+        self.last_measure = None
 
 
 class StderrBelow(StoppingCriterion):
     """Stop when every player's standard error (every task) is below ``threshold``."""
+
+    measure_name = "max_stderr"
 
     def __init__(self, threshold: float) -> None:
         if threshold <= 0:
@@ -123,11 +156,14 @@ class StderrBelow(StoppingCriterion):
 
     def should_stop(self, estimator: Estimator) -> bool:
         """Largest stderr below the threshold."""
-        return bool(np.max(estimator.result().stderr) < self.threshold)
+        self.last_measure = float(np.max(estimator.result().stderr))
+        return self.last_measure < self.threshold
 
 
 class RankStable(StoppingCriterion):
     """Stop when the ranking (task 0) is unchanged over the last ``checkpoints`` round boundaries."""
+
+    measure_name = "rank_unchanged"
 
     def __init__(self, checkpoints: int = 3) -> None:
         if checkpoints < 2:
@@ -139,11 +175,18 @@ class RankStable(StoppingCriterion):
         """Same order at the last ``checkpoints`` checks."""
         order = tuple(np.argsort(estimator.result().values[0], kind="stable").tolist())
         self._history = [*self._history[-(self.checkpoints - 1) :], order]
+        unchanged = 0
+        for seen in reversed(self._history):
+            if seen != order:
+                break
+            unchanged += 1
+        self.last_measure = float(unchanged)
         return len(self._history) == self.checkpoints and len(set(self._history)) == 1
 
     def reset(self) -> None:
         """Forget the history."""
         self._history = []
+        self.last_measure = None
 
 
 class PruningSetDecided(StoppingCriterion):
@@ -151,6 +194,8 @@ class PruningSetDecided(StoppingCriterion):
 
     Each check focuses a focusable estimator on the undecided players near the boundary.
     """
+
+    measure_name = "undecided"
 
     def __init__(self, k: int, z: float = 1.96) -> None:
         if k < 1:
@@ -174,8 +219,48 @@ class PruningSetDecided(StoppingCriterion):
             raise ConfigError(f"PruningSetDecided k={self.k} must be below the {estimator.n_players} players")
         result = estimator.result()
         open_players = self.undecided(result.values[0], result.stderr[0])
+        self.last_measure = float(len(open_players))
         if not open_players:
             return True
         if estimator.supports_focus:
             estimator.focus(open_players)
         return False
+
+
+STOPPING_RULES: dict[str, type[StoppingCriterion]] = {
+    "max_evaluations": MaxEvaluations,
+    "max_time": MaxTime,
+    "stderr_below": StderrBelow,
+    "rank_stable": RankStable,
+    "pruning_set_decided": PruningSetDecided,
+}
+
+
+def make_stopping(name: str, params: Mapping[str, Any] | None = None) -> StoppingCriterion:
+    """The criterion registered as ``name`` built from ``params`` (e.g. ``stderr_below`` + ``threshold``).
+
+    Example:
+        >>> make_stopping("stderr_below", {"threshold": 0.01}).threshold
+        0.01
+    """
+    if name not in STOPPING_RULES:
+        close = difflib.get_close_matches(name, list(STOPPING_RULES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown stopping rule {name!r}: {hint}known: {', '.join(STOPPING_RULES)}")
+    cls = STOPPING_RULES[name]
+    accepted = list(inspect.signature(cls.__init__).parameters)[1:]  # drop self
+    given = dict(params or {})
+    unknown = [key for key in given if key not in accepted]
+    if unknown:
+        raise ConfigError(f"stopping rule {name!r} does not take {unknown}; it takes {accepted}")
+    try:
+        return cls(**given)
+    except TypeError as error:  # a required parameter is missing or has the wrong type
+        raise ConfigError(f"stopping rule {name!r} needs {accepted}, got {given}: {error}") from error
+
+
+def any_of(criteria: Sequence[StoppingCriterion]) -> StoppingCriterion | None:
+    """One criterion that stops when any of ``criteria`` does (``None`` for an empty list)."""
+    if not criteria:
+        return None
+    return functools.reduce(lambda left, right: left | right, criteria)

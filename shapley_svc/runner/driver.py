@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from shapley_svc.errors import EvaluationError, ShapleySvcError
+from shapley_svc.estimators import Estimator, check_estimator, make_estimator
 from shapley_svc.estimators.result import ShapleyResult
+from shapley_svc.estimators.stopping import any_of, make_stopping
 from shapley_svc.runner.executors import Chunk, ChunkResult, Executor, GameInfo, make_executor
 from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec
 from shapley_svc.store.base import JobNotFoundError, JobRecord, JobStateError, JobStatus, ResultStore
@@ -69,8 +71,8 @@ class AskTellEstimator(Protocol):
 StoppingRule = Callable[[Any], bool]
 """Called with the estimator after each tell; True stops the run."""
 
-StoppingMeasure = Callable[[Any], float | None]
-"""The current value of the stopping measure (shown in the progress bar), or None when not yet defined."""
+StoppingMeasure = Callable[[Any], Mapping[str, float]]
+"""The current values of the stopping measures by name (shown in the progress bar); empty when none yet."""
 
 
 @dataclass
@@ -232,6 +234,11 @@ def run_estimation(
             chunk_keys[chunk.id] = [key for key, _ in part]
             executor.submit(chunk)
 
+    def show_measures() -> None:
+        current = measure(estimator) if measure is not None else {}
+        postfix = {name: f"{value:.4g}" for name, value in current.items()} | {"hits": stats.cache_hits}
+        bar.set_postfix(postfix, refresh=False)
+
     def report(force: bool = False) -> None:
         nonlocal last_report
         now = time.perf_counter()
@@ -239,8 +246,6 @@ def run_estimation(
             return
         last_report = now
         stats.seconds = now - started
-        current = measure(estimator) if measure is not None else None
-        bar.set_postfix(measure="-" if current is None else f"{current:.4g}", hits=stats.cache_hits, refresh=False)
         if control.on_progress is not None:
             control.on_progress(stats)
         if control.should_cancel is not None and control.should_cancel():
@@ -253,13 +258,14 @@ def run_estimation(
                 estimator.tell(request.request_id, request.values)
                 stats.told += len(request.coalitions)
                 asking = True
-                bar.update(len(request.coalitions))
                 if estimator.done:
                     stopped, stats.stopped_by = True, "estimator"
                 elif stopping is not None and stopping(estimator):
                     stopped, stats.stopped_by = True, "stopping"
                 elif stats.told >= budget:
                     stopped, stats.stopped_by = True, "budget"
+                show_measures()
+                bar.update(len(request.coalitions))
             if stopped and executor.in_flight == 0:
                 break
             while (
@@ -395,6 +401,8 @@ def run_job(
     end). With ``resume`` the latest unfinished job of the same spec continues; the cache makes it cheap.
     """
     started = time.perf_counter()
+    if estimator_factory is None:
+        check_job(spec)
     own_store = store is None
     active_store: ResultStore = store if store is not None else SQLiteStore(spec.store.path)
     job = _open_job(active_store, spec, job_id, resume)
@@ -512,12 +520,28 @@ def results_per_task(result: ShapleyResult, game: GameInfo, provenance: dict[str
 
 
 def default_estimator_factory(spec: EstimatorSpec, game: GameInfo, budget: BudgetSpec) -> PreparedRun:
-    """A fresh estimator from the estimators registry, seeded by ``spec.seed``, named columns and players."""
-    from shapley_svc import estimators
+    """A fresh registry estimator (seeded, players and task columns named) and the budget's stopping rules.
 
-    settings = estimators.EstimatorSettings(
-        n_players=game.n_players, budget=budget.evaluations, seed=spec.seed, player_names=game.player_names
+    The rules are checked at round boundaries only, so a seeded run stops at the same point for any chunk
+    size or number of workers; their measures (e.g. the largest stderr) are shown in the progress bar.
+    """
+    estimator = make_estimator(
+        spec.name, game.n_players, budget.evaluations, spec.seed, game.player_names, params=spec.params
     )
-    estimator = estimators.make_estimator(spec.name, settings, spec.params)
     estimator.set_task_names(game.task_names)
-    return PreparedRun(estimator, stopping=None, measure=None)
+    criterion = any_of([make_stopping(rule.name, rule.params) for rule in budget.stopping])
+    if criterion is None:
+        return PreparedRun(estimator, stopping=None, measure=None)
+
+    def at_round_boundary(current: Estimator) -> bool:
+        return current.at_round_boundary and criterion.should_stop(current)
+
+    return PreparedRun(estimator, stopping=at_round_boundary, measure=lambda _: criterion.measures())
+
+
+def check_job(spec: JobSpec) -> None:
+    """Fail before any model loads on an unknown estimator, estimator parameter or stopping rule of ``spec``."""
+    for estimator in spec.estimators:
+        check_estimator(estimator.name, estimator.params)
+    for rule in spec.budget.stopping:
+        make_stopping(rule.name, rule.params)

@@ -13,9 +13,24 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shapley_svc.errors import ShapleySvcError
+from shapley_svc.errors import ConfigError, ShapleySvcError
 from shapley_svc.runner.driver import run_job
 from shapley_svc.spec import load_spec
+
+
+def connect_to_cluster(address: str | None) -> None:
+    """Join the Ray cluster this job was submitted to (``RAY_ADDRESS``, set by ``ray job submit``) or ``address``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address or "auto", logging_level=logging.WARNING)
+    except ConnectionError as error:
+        raise ConfigError(
+            f"no Ray cluster at {address or 'auto'}: submit with `ray job submit`, start one with `ray start --head`, "
+            "or set executor.address"
+        ) from error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         spec = load_spec(args.spec)
+        if spec.executor.kind == "ray":
+            connect_to_cluster(spec.executor.address)
         outcome = run_job(spec, job_id=args.job_id, resume=args.resume, progress_bar=not args.no_progress)
     except ShapleySvcError as error:
         print(json.dumps({"status": "failed", "error": str(error)}))

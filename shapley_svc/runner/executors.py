@@ -317,8 +317,8 @@ class _Slot:
 class RayActorPool:
     """``num_workers`` Ray actors with one resident model each; bounded in flight; dead actors replaced.
 
-    Connects to ``executor.address`` (or starts a local Ray when it is None and none is running) and shuts
-    down only a Ray it started itself.
+    Uses the Ray this process is connected to, else connects to ``executor.address``, else starts a private
+    local Ray (never joining another one on the machine); it shuts down only a Ray it started itself.
     """
 
     def __init__(
@@ -335,8 +335,9 @@ class RayActorPool:
         self.spec = executor
         self._started_ray = False
         if not ray.is_initialized():
-            if executor.address is None:
+            if executor.address is None:  # "local": a private Ray, never one that another user started here
                 ray.init(
+                    address="local",
                     num_cpus=max(1, math.ceil(executor.num_workers * executor.num_cpus_per_worker)),
                     include_dashboard=False,
                     logging_level=logging.WARNING,

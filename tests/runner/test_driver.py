@@ -207,7 +207,7 @@ def test_stopping_rule_and_budget_end_the_run(store: SQLiteStore) -> None:
         budget=1000,
         chunk_size=4,
         stopping=lambda current: current.evaluations_used >= 20,
-        measure=lambda current: float(current.evaluations_used),
+        measure=lambda current: {"evaluations": float(current.evaluations_used)},
         control=RunControl(progress_bar=False),
     )
     assert stats.stopped_by == "stopping" and 20 <= stats.told < 24

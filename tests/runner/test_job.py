@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from shapley_svc.data.corpus import default_data_dir
+from shapley_svc.errors import ConfigError
 from shapley_svc.estimators.base import EstimatorSettings
 from shapley_svc.estimators.exact import ExactEstimator
 from shapley_svc.model.loading import tiny_model
@@ -132,3 +133,31 @@ def test_resume_after_ctrl_c_gives_the_same_result_evaluating_nothing_twice(chec
     assert resumed.job_id == failed.id
     assert len(seen) == len(set(seen)) == 16 + 256, "a cached coalition was evaluated again"
     assert stored(spec.store.path, resumed.job_id) == stored(reference_spec.store.path, reference.job_id)
+
+
+def test_spec_estimator_params_and_stopping_rule_drive_the_run(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = job_spec(checkpoint, tmp_path / "s.sqlite").model_dump(mode="json")
+    data["players"] = {"granularities": ["sublayer"]}
+    data["estimators"] = [{"name": "permutation", "seed": 4, "params": {"walks_per_round": 2}}]
+    data["budget"] = {"evaluations": 200, "stopping": [{"name": "max_evaluations", "params": {"limit": 30}}]}
+    outcome = run_job(parse_spec(data), progress_bar=True)
+    (run,) = outcome.runs
+    assert run.stats.stopped_by == "stopping" and 30 <= run.stats.told < 200
+    assert "evaluations=" in capsys.readouterr().err, "the progress bar shows the stopping measure"
+    result = json.loads(run.results["wikitext2.neg_loss"])
+    assert result["task_names"] == ["wikitext2.neg_loss"]
+    assert result["player_names"][:2] == ["layer0.attn", "layer0.mlp"]
+    assert result["evaluations_used"] == run.stats.told and result["params"]["walks_per_round"] == 2
+
+
+def test_an_unknown_estimator_param_fails_before_any_model_loads(tmp_path: Path) -> None:
+    data = job_spec(tmp_path / "no-model-here", tmp_path / "s.sqlite").model_dump(mode="json")
+    data["estimators"] = [{"name": "permutation", "params": {"walk_per_round": 2}}]
+    with pytest.raises(ConfigError, match="did you mean 'walks_per_round'"):
+        run_job(parse_spec(data), progress_bar=False)
+    data["estimators"] = [{"name": "permutation"}]
+    data["budget"]["stopping"] = [{"name": "stderr_below", "params": {}}]
+    with pytest.raises(ConfigError, match="stderr_below"):
+        run_job(parse_spec(data), progress_bar=False)
