@@ -151,6 +151,22 @@ class MaskedModel:
 
         return forward
 
+    def _cache_slots(self, plan: npt.NDArray[np.bool_]) -> dict[int, int]:
+        """KV-cache slot of each running attention: the lowest free slot of the same layer type (full or sliding).
+
+        Slots are packed as if the skipped attentions were removed, so that the cache's length (read from slot
+        0) is that of a layer which really sees the tokens; matching types keeps a full-attention layer out of
+        a sliding-window cache slot when the config mixes the two (Qwen2 with ``use_sliding_window``).
+        """
+        layer_types = getattr(self.model.config, "layer_types", None) or ["full_attention"] * self.num_layers
+        free = list(range(self.num_layers))
+        slots: dict[int, int] = {}
+        for index in (index for index in range(self.num_layers) if plan[index, 0]):
+            slot = next(slot for slot in free if layer_types[slot] == layer_types[index])
+            free.remove(slot)
+            slots[index] = slot
+        return slots
+
     @contextmanager
     def active(self, mask: Sequence[bool] | npt.NDArray[np.bool_]) -> Iterator[MaskedModel]:
         """Run the model with only the players in ``mask`` present; the full model is restored on exit.
@@ -169,10 +185,7 @@ class MaskedModel:
                     continue
                 self.layers[index].forward = self._partial_forward(index, bool(attention), bool(mlp))
                 overridden.append(index)
-            # KV-cache slots are renumbered over the attentions that run, as if the skipped ones were removed,
-            # so that the cache's length (read from slot 0) is that of a layer which really sees the tokens.
-            running = [index for index in range(self.num_layers) if plan[index, 0]]
-            for slot, index in enumerate(running):
+            for index, slot in self._cache_slots(plan).items():
                 if original_indices[index] is not None:
                     self._attentions[index].layer_idx = slot
             yield self

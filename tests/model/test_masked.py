@@ -7,9 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.loading import LoadedModel
+from shapley_svc.model.layouts import layout_for
+from shapley_svc.model.loading import LoadedModel, tiny_config
 from shapley_svc.model.masked import Granularity, MaskedModel
 
 
@@ -134,3 +136,22 @@ def test_player_names_follow_layer_order(tiny: LoadedModel) -> None:
         "layer1.attn",
     )
     assert MaskedModel(tiny.model, tiny.layout, "block").player_names[-1] == "layer3.block"
+
+
+def test_generate_with_mixed_sliding_and_full_attention_layers() -> None:
+    """Qwen2 with sliding-window layers: a running attention keeps a KV-cache slot of its own layer type."""
+    config = tiny_config("qwen2", num_layers=4)
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 4, 2
+    config.layer_types = ["full_attention"] * 2 + ["sliding_attention"] * 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    masked = MaskedModel(model, layout_for(config.model_type), "sublayer")
+    prompt = token_ids(batch=1, length=10, seed=4)
+    for mask in ([False, True, True, True, True, True, True, True], [True, True, False, True, True, True, True, True]):
+        with torch.inference_mode(), masked.active(mask):
+            generated = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+            expected = prompt
+            for _ in range(5):
+                next_token = model(expected, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                expected = torch.cat([expected, next_token], dim=1)
+        assert torch.equal(generated, expected), mask
