@@ -1,8 +1,9 @@
 """Cost estimate before a run (``--dry-run``): seconds per evaluation on one worker, scaled to the job.
 
 One worker is built in this process, a warm-up chunk is evaluated, then ``sample`` random coalitions of each
-granularity are timed. The job implies at most ``budget x estimators`` evaluations per granularity (fewer
-when the cache already holds some); wall time assumes the evaluations spread evenly over the workers.
+granularity are timed. The job implies at most ``budget x estimators`` evaluations per granularity (an upper
+bound: values already in the store's cache are not evaluated again); wall time assumes the evaluations
+spread evenly over the workers, and GPU-hours count every worker's GPUs for that wall time.
 """
 
 from __future__ import annotations

@@ -215,20 +215,29 @@ def test_stopping_rule_and_budget_end_the_run(store: SQLiteStore) -> None:
     assert capped.told == 30 and capped.stopped_by == "budget"
 
 
-def test_out_of_memory_halves_the_batch_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("error", ["torch", "runtime"])
+def test_out_of_memory_halves_the_batch_and_logs(error: str, caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
     class Picky(AdditiveGame):
+        """Runs out of memory on more than 2 coalitions at once, as a GPU would on a too-large batch."""
+
         def __call__(self, coalitions: Coalitions) -> Values:
             if len(coalitions) > 2:
-                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                message = "CUDA out of memory. Tried to allocate 2.00 GiB"
+                raise torch.OutOfMemoryError(message) if error == "torch" else RuntimeError(message)
             return super().__call__(coalitions)
 
-    worker = GameWorker({"g": Picky()})
+    game = Picky()
+    worker = GameWorker({"g": game})
     coalitions = np.random.default_rng(0).random((7, N_PLAYERS)) < 0.5
     with caplog.at_level("WARNING"):
         values = worker.evaluate("g", coalitions)
     np.testing.assert_array_equal(values[:, 0], coalitions @ WEIGHTS)
-    assert worker.batch_limit == 1 or worker.batch_limit == 2
-    assert "out_of_memory" in caplog.text
+    assert worker.batch_limit == 1
+    assert [tuple(row.astype(int)) for row in coalitions] == game.evaluated, "each coalition evaluated once, in order"
+    assert "event=out_of_memory worker=0 game=g batch=7 retry_batch=3" in caplog.text
+    assert "batch=3 retry_batch=1" in caplog.text
 
     class Hopeless(AdditiveGame):
         def __call__(self, coalitions: Coalitions) -> Values:

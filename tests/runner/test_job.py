@@ -1,8 +1,14 @@
-"""Whole jobs in process on a tiny model: results per task and granularity, cache reuse, resume after Ctrl-C."""
+"""Whole jobs in process on a tiny model: results per task and granularity, cache reuse, resume after Ctrl-C
+or after the driver process is killed."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +21,7 @@ from shapley_svc.estimators.exact import ExactEstimator
 from shapley_svc.model.loading import tiny_model
 from shapley_svc.runner.driver import PreparedRun, run_job
 from shapley_svc.runner.executors import GameInfo, GameWorker, InProcessExecutor, WorkerSetup, build_games
-from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, parse_spec
+from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, dump_spec, parse_spec
 from shapley_svc.store import JobStatus, SQLiteStore
 from shapley_svc.types import Coalitions, Values
 
@@ -161,3 +167,78 @@ def test_an_unknown_estimator_param_fails_before_any_model_loads(tmp_path: Path)
     data["budget"]["stopping"] = [{"name": "stderr_below", "params": {}}]
     with pytest.raises(ConfigError, match="stderr_below"):
         run_job(parse_spec(data), progress_bar=False)
+
+
+# A real driver process running a spec; after a few chunks it stalls for good, so that the SIGKILL the test
+# sends lands mid-run whatever the machine's load.
+STALLING_DRIVER = """
+import sys, threading
+from shapley_svc.runner.driver import run_job
+from shapley_svc.runner.executors import make_executor
+from shapley_svc.spec import load_spec
+
+class Stalling:
+    def __init__(self, inner):
+        self.inner, self.chunks = inner, 0
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+    def wait(self, timeout=None):
+        if self.chunks >= 3:
+            threading.Event().wait()
+        results = self.inner.wait(timeout)
+        self.chunks += len(results)
+        return results
+
+spec = load_spec(sys.argv[1])
+run_job(spec, executor=Stalling(make_executor(spec)), progress_bar=False)
+"""
+
+
+def test_a_killed_driver_resumes_to_the_same_result_evaluating_no_cached_coalition(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    def seeded(store: Path) -> JobSpec:
+        data = job_spec(checkpoint, store).model_dump(mode="json")
+        data["players"] = {"granularities": ["sublayer"]}
+        data["estimators"] = [{"name": "permutation", "seed": 1}]
+        data["budget"] = {"evaluations": 96}
+        return parse_spec(data)
+
+    reference = run_job(seeded(tmp_path / "reference.sqlite"), progress_bar=False)
+    game = json.loads(reference.runs[0].results["wikitext2.neg_loss"])["params"]["provenance"]["game"]
+    spec = seeded(tmp_path / "s.sqlite")
+    dump_spec(spec, tmp_path / "spec.yaml")
+    threads = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", STALLING_DRIVER, str(tmp_path / "spec.yaml")],
+        env=os.environ | threads,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while cached_values(Path(spec.store.path), game) == 0:
+            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the driver cached nothing within 240 s"
+            time.sleep(0.05)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    with SQLiteStore(spec.store.path) as store:
+        cached = store.count_values(game)
+        (killed,) = store.list_jobs()
+    assert killed.status is JobStatus.RUNNING and 0 < cached < reference.runs[0].stats.evaluated
+    seen: list[bytes] = []
+    resumed = run_job(spec, executor=counting_executor(spec, seen), resume=True, progress_bar=False)
+    assert resumed.job_id == killed.id
+    assert resumed.runs[0].stats.cache_hits == cached
+    assert len(seen) == len(set(seen)) == reference.runs[0].stats.evaluated - cached, "a cached value was recomputed"
+    assert stored(spec.store.path, resumed.job_id) == stored(tmp_path / "reference.sqlite", reference.job_id)
+
+
+def cached_values(path: Path, game: str) -> int:
+    """Values cached under ``game`` in the store at ``path`` (0 while the file does not exist yet)."""
+    if not path.exists():
+        return 0
+    with SQLiteStore(path) as store:
+        return store.count_values(game)
