@@ -1,0 +1,67 @@
+"""`shapley-svc run` end to end on a tiny saved model, in process: rankings table, RankingSet file, cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shapley_svc.cli import main
+from shapley_svc.model.loading import tiny_model
+from shapley_svc.ranking import RankingSet
+from shapley_svc.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer random Llama saved with its tokenizer, as a user's local checkpoint would be."""
+    folder = tmp_path_factory.mktemp("tiny")
+    loaded = tiny_model("llama", num_layers=4, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_cli(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
+    code = main(
+        [
+            "run", "--model", str(tiny_folder), "--dtype", "float32", "--executor", "local", "--corpus", "lambada",
+            "--windows", "2", "--window", "32", "--budget", "12", "--store", str(tmp_path / "store.sqlite"),
+            "--out", str(tmp_path / "rankings.json"), "--no-progress", *extra,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_run_writes_every_ranking_and_caches_values(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = run_cli(tiny_folder, tmp_path, capsys)
+    rankings = RankingSet.load(tmp_path / "rankings.json")
+    methods = {ranking.method for ranking in rankings.rankings}
+    assert {"leave_one_out", "block_influence", "angular_distance", "relative_update_norm"} <= methods
+    shapley = next(r for r in rankings.rankings if r.method.startswith("shapley:"))
+    assert shapley.players == tuple(f"layer{i}.block" for i in range(4))
+    assert shapley.stderr is not None and len(shapley.stderr) == 4
+    assert {run["estimator"] for run in summary["runs"]} == {"shapley", "leave_one_out"}
+    with SQLiteStore(tmp_path / "store.sqlite") as store:
+        assert len(store.get_results(summary["job_id"])) == 2
+
+    again = run_cli(tiny_folder, tmp_path, capsys)
+    assert again["job_id"] != summary["job_id"]
+    assert all(run["evaluated"] == 0 for run in again["runs"]), "a repeated run must be served by the value cache"
+    assert RankingSet.load(tmp_path / "rankings.json").find("leave_one_out").scores == rankings.find(
+        "leave_one_out"
+    ).scores
+
+
+def test_run_refuses_an_unknown_estimator_in_one_line(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", "--model", str(tiny_folder), "--executor", "local", "--estimator", "permutaton",
+                 "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "permutation" in error and "Traceback" not in error
