@@ -1,0 +1,190 @@
+"""Task trade-offs: Shapley values of several tasks from one game, how their rankings agree, and what pruning
+by one task's ranking costs on another.
+
+Rank agreement is Spearman's rho between two tasks' values over the players. Its interval reflects the
+estimation error only (not the sampling of questions): each task's values are redrawn from N(value, stderr)
+``draws`` times and the spread of Fisher's ``atanh(rho)`` over the redraws sets ``tanh(atanh(rho) +- z sd)``.
+Per-item scores (MMLU questions, multiple-choice items) give paired standard errors of the difference between
+two pruned models on the same items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from shapley_svc.engine import BatchedEngine
+from shapley_svc.errors import ConfigError
+from shapley_svc.estimators import ShapleyResult, estimate, make_estimator
+from shapley_svc.model.masked import MaskedModel
+from shapley_svc.pruning.curves import pruning_curves, removal_order
+from shapley_svc.types import Coalitions, Game
+from shapley_svc.values.base import ValueFunction
+
+Z_95 = 1.959963984540054
+
+
+def shapley_values(game: Game, budget: int, estimator: str = "default", seed: int = 0) -> ShapleyResult:
+    """Shapley values of every task of ``game`` by the registered ``estimator``, within ``budget`` evaluations."""
+    built = make_estimator(
+        estimator, n_players=game.n_players, budget=budget, seed=seed, player_names=tuple(game.player_names)
+    )
+    return estimate(built, game, budget=budget)
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """float[..., n]: ranks (0-based, ties averaged) of ``values`` along the last axis."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, axis=-1, kind="stable")
+    ranked = np.empty_like(values)
+    np.put_along_axis(ranked, order, np.broadcast_to(np.arange(values.shape[-1], dtype=float), values.shape), -1)
+    flat_values, flat_ranks = values.reshape(-1, values.shape[-1]), ranked.reshape(-1, values.shape[-1])
+    for row_values, row_ranks in zip(flat_values, flat_ranks, strict=True):
+        unique, inverse, counts = np.unique(row_values, return_inverse=True, return_counts=True)
+        if len(unique) < len(row_values):
+            means = np.bincount(inverse, weights=row_ranks) / counts
+            row_ranks[:] = means[inverse]
+    return ranked
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Spearman's rho of two value arrays along the last axis (broadcasting over leading axes)."""
+    a, b = ranks(first), ranks(second)
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    if np.any(denominator == 0):
+        raise ConfigError("Spearman's rho is undefined for constant values")
+    return (a * b).sum(axis=-1) / denominator
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's rho between tasks (``rho[t, t]``) with a ``level`` interval from the estimators' stderr."""
+
+    tasks: tuple[str, ...]
+    rho: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    level: float
+
+    def pair(self, first: str, second: str) -> tuple[float, float, float]:
+        """(rho, low, high) of two tasks."""
+        i, j = self.tasks.index(first), self.tasks.index(second)
+        return float(self.rho[i, j]), float(self.low[i, j]), float(self.high[i, j])
+
+
+def rank_correlations(
+    values: np.ndarray, stderr: np.ndarray, tasks: Sequence[str], draws: int = 2000, z: float = Z_95, seed: int = 0
+) -> RankCorrelation:
+    """Spearman's rho of every pair of rows of ``values`` float[t, n], interval from redraws at ``stderr``."""
+    values, stderr = np.asarray(values, dtype=float), np.asarray(stderr, dtype=float)
+    if values.shape != stderr.shape or values.ndim != 2 or values.shape[0] != len(tasks):
+        raise ConfigError(f"values {values.shape} and stderr {stderr.shape} must both be [tasks={len(tasks)}, players]")
+    rng = np.random.default_rng(seed)
+    redrawn = values + stderr * rng.standard_normal((draws, *values.shape))  # [draws, t, n]
+    count = len(tasks)
+    rho, low, high = np.eye(count), np.eye(count), np.eye(count)
+    for i in range(count):
+        for j in range(i + 1, count):
+            point = float(np.clip(spearman(values[i], values[j]), -0.999999, 0.999999))
+            spread = float(np.std(np.arctanh(np.clip(spearman(redrawn[:, i], redrawn[:, j]), -0.999999, 0.999999))))
+            rho[i, j] = rho[j, i] = point
+            low[i, j] = low[j, i] = float(np.tanh(np.arctanh(point) - z * spread))
+            high[i, j] = high[j, i] = float(np.tanh(np.arctanh(point) + z * spread))
+    return RankCorrelation(tuple(tasks), rho, low, high, level=math.erf(z / math.sqrt(2)))
+
+
+def task_scores(result: ShapleyResult) -> dict[str, dict[str, float]]:
+    """Per task, each player's Shapley value (the score mapping selection and curves take)."""
+    return {
+        task: dict(zip(result.player_names, result.values[index].tolist(), strict=True))
+        for index, task in enumerate(result.task_names)
+    }
+
+
+@dataclass(frozen=True)
+class RankingCurves:
+    """Each ranking's pruning curve on every task: ``values[r, k, t]`` with ``k`` players removed (0..K)."""
+
+    rankings: tuple[str, ...]
+    tasks: tuple[str, ...]
+    target: str
+    values: np.ndarray
+    removed: tuple[tuple[str, ...], ...]  # per ranking, the players in removal order
+
+    def value(self, ranking: str, task: str, removed: int) -> float:
+        """Task value after removing ``removed`` players by ``ranking``."""
+        return float(self.values[self.rankings.index(ranking), removed, self.tasks.index(task)])
+
+    def loss(self, ranking: str, task: str, removed: int) -> float:
+        """How much of the full model's value on ``task`` the ``removed`` players of ``ranking`` cost."""
+        r, t = self.rankings.index(ranking), self.tasks.index(task)
+        return float(self.values[r, 0, t] - self.values[r, removed, t])
+
+
+def ranking_curves(
+    game: Game,
+    scores: Mapping[str, Mapping[str, float]],
+    num_layers: int,
+    *,
+    target: str,
+    max_removed: int,
+) -> RankingCurves:
+    """Values of every task of ``game`` while the ``target`` players (block, attn or mlp) are removed, least
+    important first, along each named ranking in ``scores`` (each point one coalition, cached by the game)."""
+    orders = {name: removal_order(player_scores, num_layers, target=target) for name, player_scores in scores.items()}
+    curves = pruning_curves(orders, {"game": game}, num_layers, max_removed=max_removed)
+    names, tasks = tuple(orders), tuple(game.task_names)
+    values = np.empty((len(names), max_removed + 1, len(tasks)))
+    for series in curves.series:
+        values[names.index(series["ranking"]), :, tasks.index(series["task"])] = series["values"]
+    removed = tuple(tuple(player.name for player in orders[name][:max_removed]) for name in names)
+    return RankingCurves(names, tasks, target, values, removed)
+
+
+def item_scores(
+    masked: MaskedModel, value_fn: ValueFunction, tokenizer: PreTrainedTokenizerBase, coalitions: Coalitions
+) -> dict[str, np.ndarray]:
+    """Per task column of an MMLU or multiple-choice value function, float[k, items]: each item's score
+    under each coalition (the value is their mean), for paired comparisons on the same items."""
+    from shapley_svc.values.mmlu import MMLU
+    from shapley_svc.values.multiple_choice import MultipleChoice
+
+    if not isinstance(value_fn, MMLU | MultipleChoice):
+        raise ConfigError(f"item scores need an MMLU or multiple-choice value function, got {type(value_fn).__name__}")
+    coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+    engine = BatchedEngine(masked)
+    device = next(masked.model.parameters()).device
+    per_batch = [
+        engine.evaluate(
+            coalitions,
+            batch.to(device),
+            readout=lambda hidden, index=index: value_fn.score(index, hidden, masked.head),
+        )
+        for index, batch in enumerate(value_fn.prepare(tokenizer))
+    ]
+    rows: dict[str, list[np.ndarray]] = {task: [] for task in value_fn.task_names}
+    for k in range(len(coalitions)):
+        statistics = [stats[k] for stats in per_batch]
+        if isinstance(value_fn, MMLU):
+            results = value_fn.results(statistics)
+            per_item = {"p_correct": results.p_correct, "accuracy": results.correct}
+        else:
+            per_item = value_fn.per_item_metrics(value_fn.choice_loglikelihoods(statistics))
+        for task in value_fn.task_names:
+            rows[task].append(per_item[task.rsplit(".", 1)[1]])
+    return {task: np.stack(task_rows) for task, task_rows in rows.items()}
+
+
+def paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
+    """(mean of ``first - second``, its standard error) over items scored under both (float[items] each)."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if first.shape != second.shape or first.ndim != 1 or len(first) < 2:
+        raise ConfigError(f"need two equal-length item arrays of at least 2 items, got {first.shape}, {second.shape}")
+    difference = first - second
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
