@@ -157,6 +157,20 @@ def layer_like_game(n_players: int, block: int, seed: int) -> BenchGame:
     return BenchGame(f"layer_like_{n_players}", n_players, function, shapley)
 
 
+def shuffled_game(game: BenchGame, seed: int) -> BenchGame:
+    """The same game with its players in a random order: interacting layers no longer sit side by side.
+
+    Checks that an estimator does not depend on interactions being local in the player order.
+    """
+    order = np.random.default_rng(seed).permutation(game.n_players)  # new player p is old player order[p]
+    inverse = np.argsort(order)
+
+    def function(coalitions: np.ndarray) -> np.ndarray:
+        return game.function(coalitions[:, inverse])
+
+    return BenchGame(f"{game.name}_shuffled", game.n_players, function, game.shapley[order])
+
+
 def run_ours(game: BenchGame, name: str, budget: int, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
     wrapper = CountingWrapper(game)
     result = estimate(make_estimator(name, game.n_players, budget, seed), wrapper)
@@ -189,7 +203,7 @@ def build_games(games_dir: Path, quick: bool) -> dict[str, BenchGame]:
     games = [table_game(path) for path in sorted(games_dir.glob("*.npz"))]
     games += [layer_like_game(32, 4, seed=1), interaction_game(48, seed=2)]
     if not quick:
-        games.append(layer_like_game(60, 6, seed=3))
+        games += [layer_like_game(60, 6, seed=3), shuffled_game(layer_like_game(32, 4, seed=1), seed=4)]
     return {game.name: game for game in games}
 
 

@@ -20,13 +20,13 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: Any) -> None:
     """Add the ``estimate`` subcommand."""
-    from shapley_svc.estimators import REGISTRY, estimator_names
+    from shapley_svc.estimators import DEFAULT_ESTIMATOR, REGISTRY, estimator_names
 
     listing = "; ".join(f"{name}: {entry.description}" for name, entry in REGISTRY.items())
     parser = subparsers.add_parser(
         "estimate",
         help="estimate Shapley values from a stored game table (.npz)",
-        description=f"Estimators: default (= heredity_gp, recommended); {listing}.",
+        description=f"Estimators: default (= {DEFAULT_ESTIMATOR}, recommended); {listing}.",
     )
     parser.add_argument("--table", required=True, help="game table .npz (format of shared/games/README.md)")
     parser.add_argument(

@@ -3,7 +3,7 @@
 Example:
     >>> from shapley_svc.estimators import make_estimator
     >>> make_estimator("default", n_players=4, budget=16, seed=0).name
-    'heredity_gp'
+    'structured_gp'
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shapley_svc.estimators.base import CoalitionRequest, Estimator, EstimatorSe
 from shapley_svc.estimators.loop import estimate
 from shapley_svc.estimators.result import ShapleyResult
 
-DEFAULT_ESTIMATOR = "heredity_gp"
+DEFAULT_ESTIMATOR = "structured_gp"
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,13 @@ class EstimatorEntry:
 
 
 REGISTRY: dict[str, EstimatorEntry] = {
+    "structured_gp": EstimatorEntry(
+        "structured_gp",
+        "StructuredGPEstimator",
+        "Bayesian quadrature: additive + size + local + heredity priors, paired design (recommended)",
+    ),
     "heredity_gp": EstimatorEntry(
-        "gp", "HeredityGPEstimator", "Bayesian regression, effect-heredity prior, paired design (recommended)"
+        "gp", "HeredityGPEstimator", "Bayesian regression, effect-heredity prior, misfit term, paired design"
     ),
     "kernelshap": EstimatorEntry("kernel", "KernelSHAPEstimator", "paired KernelSHAP with efficiency constraint"),
     "permutation": EstimatorEntry("permutation", "PermutationEstimator", "antithetic permutation sampling"),

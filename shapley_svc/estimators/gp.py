@@ -1,4 +1,4 @@
-"""Bayesian Shapley regression with an effect-heredity prior (the recommended ``default`` estimator).
+"""Bayesian Shapley regression with an effect-heredity prior (``structured_gp`` builds on it).
 
 Write a game in the Walsh basis, z = 2x - 1 in {-1, +1}^n: v(z) = sum_A w_A chi_A(z), chi_A = prod_{j in A} z_j.
 The Shapley value of chi_A is 2 / |A| for each player of A when |A| is odd and 0 when |A| is even, so
@@ -38,7 +38,7 @@ HYPERPARAMETER_SUBSAMPLE = 300
 JITTER = 1e-9
 
 
-def _elementary_symmetric_leave_one_out(factors: np.ndarray) -> np.ndarray:
+def elementary_symmetric_leave_one_out(factors: np.ndarray) -> np.ndarray:
     """e_m(u_{-i}) for rows u of ``factors`` float[k, n]; returns float[k, n, n] indexed [row, i, m]."""
     rows, n = factors.shape
     full = np.zeros((rows, n + 1))
@@ -71,7 +71,7 @@ class HeredityPrior:
     def cross(self, signs: np.ndarray) -> np.ndarray:
         """cov(phi_i, v(z)) float[k, n]."""
         n = signs.shape[1]
-        leave_out = _elementary_symmetric_leave_one_out(signs * self.rho)
+        leave_out = elementary_symmetric_leave_one_out(signs * self.rho)
         coefficients = np.zeros(n)
         even = np.arange(2, n, 2)
         coefficients[even] = 2.0 / (even + 1)
@@ -81,7 +81,7 @@ class HeredityPrior:
     def prior_variance(self) -> np.ndarray:
         """var(phi_i) float[n] under the prior."""
         n = self.rho.size
-        leave_out = _elementary_symmetric_leave_one_out(self.rho[None, :])[0]
+        leave_out = elementary_symmetric_leave_one_out(self.rho[None, :])[0]
         coefficients = np.zeros(n)
         even = np.arange(2, n, 2)
         coefficients[even] = 4.0 / (even + 1) ** 2

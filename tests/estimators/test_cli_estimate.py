@@ -35,7 +35,7 @@ def test_estimate_prints_json_on_the_last_line(table: Path, capsys: pytest.Captu
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(payload["values"]) == 5 and len(payload["stderr"]) == 5
     assert payload["evaluations_used"] <= 20
-    assert payload["estimator"] == "heredity_gp"
+    assert payload["estimator"] == "structured_gp"
     assert payload["player_names"][0] == "layer0.block"
 
 

@@ -21,6 +21,7 @@ ALL = tuple(REGISTRY)
 SAMPLING = tuple(name for name in ALL if name != "exact")
 # Exact on additive games: every walk/pair/regression recovers the weights exactly.
 EXACT_ON_ADDITIVE = (
+    "structured_gp",
     "heredity_gp",
     "kernelshap",
     "permutation",
@@ -30,7 +31,7 @@ EXACT_ON_ADDITIVE = (
     "exact",
 )
 # Efficiency (sum phi = v(N) - v(empty)) is guaranteed by these.
-EFFICIENT = ("heredity_gp", "kernelshap", "permutation", "exact")
+EFFICIENT = ("structured_gp", "heredity_gp", "kernelshap", "permutation", "exact")
 
 
 def budget_for(name: str, n_players: int) -> int:
@@ -51,7 +52,7 @@ def test_additive_game_within_stated_error(name: str) -> None:
     assert np.all(np.abs(result.values - game.shapley()) <= 4 * result.stderr + 1e-9)
 
 
-@pytest.mark.parametrize("name", ("permutation", "kernelshap", "heredity_gp"))
+@pytest.mark.parametrize("name", ("permutation", "kernelshap", "heredity_gp", "structured_gp"))
 def test_pairwise_game_is_exact_with_antithetic_or_paired_samples(name: str) -> None:
     game = random_pairwise(8, seed=1)
     result = estimate(make_estimator(name, 8, 60, seed=0), game)
@@ -65,7 +66,7 @@ def test_efficiency(name: str) -> None:
     np.testing.assert_allclose(result.values.sum(axis=1), result.v_full - result.v_empty, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ("exact", "kernelshap", "heredity_gp", "stratified"))
+@pytest.mark.parametrize("name", ("exact", "kernelshap", "heredity_gp", "structured_gp", "stratified"))
 def test_symmetric_players_get_equal_values_when_the_design_is_complete(name: str) -> None:
     game = SizeGame(6)
     result = estimate(make_estimator(name, 6, 64, seed=0), game)
@@ -81,7 +82,7 @@ def test_null_player_gets_exactly_zero(name: str) -> None:
     assert result.values[0, 0] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ("kernelshap", "heredity_gp", "stratified"))
+@pytest.mark.parametrize("name", ("kernelshap", "heredity_gp", "structured_gp", "stratified"))
 def test_null_player_close_to_zero(name: str) -> None:
     game = ThresholdGame(7)
     result = estimate(make_estimator(name, 7, 80, seed=5), game)
@@ -152,7 +153,7 @@ def test_tell_rejects_unknown_ids_and_bad_values() -> None:
 def test_sampling_estimators_converge_on_a_nonlinear_game() -> None:
     game = ThresholdGame(8)
     truth = exact_shapley(game)
-    for name in ("heredity_gp", "kernelshap", "permutation", "stratified", "player_stratified"):
+    for name in ("structured_gp", "heredity_gp", "kernelshap", "permutation", "stratified", "player_stratified"):
         result = estimate(make_estimator(name, 8, 256, seed=0), game)
         assert np.sqrt(np.mean((result.values - truth) ** 2)) < 0.05, name
 

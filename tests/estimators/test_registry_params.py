@@ -37,7 +37,7 @@ def test_unknown_or_bad_params_are_config_errors_naming_the_fix() -> None:
         make_estimator("permutation", 6, 60, params={"walks_per_round": "eight"})
     with pytest.raises(ConfigError, match="did you mean 'permutation'"):
         check_estimator("permutaton")
-    assert check_estimator("default") == "heredity_gp"
+    assert check_estimator("default") == "structured_gp"
 
 
 def test_stopping_rules_by_name_with_their_params() -> None:

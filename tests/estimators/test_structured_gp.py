@@ -1,0 +1,77 @@
+"""The structured-prior estimator: closed-form covariances against brute force, structure choice, exactness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from estimator_games import AdditiveGame, SizeGame, random_pairwise
+
+from shapley_svc.estimators import DEFAULT_ESTIMATOR, estimate, make_estimator
+from shapley_svc.estimators.exact import all_coalitions, shapley_from_table
+from shapley_svc.estimators.structured_gp import (
+    AdditiveComponent,
+    HeredityComponent,
+    LocalComponent,
+    SizeComponent,
+    choose_structure,
+    structure_families,
+)
+
+N_PLAYERS = 6
+COMPONENTS = {
+    "additive": AdditiveComponent(N_PLAYERS),
+    "heredity": HeredityComponent(np.linspace(0.2, 0.9, N_PLAYERS)),
+    "size_smooth": SizeComponent(N_PLAYERS, 0.3),
+    "size_free": SizeComponent(N_PLAYERS, 0.0),
+    "local": LocalComponent(N_PLAYERS, 4, 0.7),
+}
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_covariances_with_phi_match_brute_force(name: str) -> None:
+    component = COMPONENTS[name]
+    signs = np.where(all_coalitions(N_PLAYERS), 1.0, -1.0)  # every coalition, as sign rows
+    gram = component.gram(signs, signs)
+    shapley_operator = shapley_from_table(np.eye(len(signs))).T  # phi = operator @ table, [n, 2^n]
+    np.testing.assert_allclose(component.cross(signs).T, shapley_operator @ gram, atol=1e-10)
+    expected_variance = np.einsum("ij,jk,ik->i", shapley_operator, gram, shapley_operator)
+    np.testing.assert_allclose(component.prior_variance(), expected_variance, atol=1e-10)
+
+
+def test_gram_is_the_covariance_of_an_odd_function() -> None:
+    signs = np.where(all_coalitions(N_PLAYERS), 1.0, -1.0)
+    for component in COMPONENTS.values():
+        gram = component.gram(signs, signs)
+        np.testing.assert_allclose(gram, gram.T, atol=1e-12)
+        np.testing.assert_allclose(component.gram(signs, -signs), -gram, atol=1e-12)
+        assert np.linalg.eigvalsh(gram).min() > -1e-9
+
+
+def test_structure_stays_off_on_an_additive_game_and_size_turns_on_for_a_size_game() -> None:
+    rng = np.random.default_rng(0)
+    signs = np.where(rng.random((120, 10)) < 0.5, 1.0, -1.0)
+    additive = signs @ rng.normal(size=10)
+    families = structure_families(10, np.ones(10))
+    assert all(variance == 0 for _, variance in choose_structure(signs, additive / additive.std(), families).values())
+    sizes = signs.sum(axis=1)
+    size_game = np.tanh(sizes / 3.0)
+    chosen = choose_structure(signs, size_game / size_game.std(), families)
+    assert chosen["size"][1] > 0
+
+
+def test_default_is_structured_and_exact_on_additive_and_pairwise_games() -> None:
+    assert DEFAULT_ESTIMATOR == "structured_gp"
+    additive = AdditiveGame(np.array([[0.5, -1.0, 2.0, 0.0, 0.25, 1.5, -0.3], [1.0, 0.0, 0.3, -0.2, 0.0, 0.1, 0.4]]))
+    result = estimate(make_estimator("default", 7, 60, seed=1), additive)
+    np.testing.assert_allclose(result.values, additive.shapley(), atol=1e-6)
+    pairwise = random_pairwise(9, seed=2)
+    result = estimate(make_estimator("default", 9, 70, seed=1), pairwise)
+    np.testing.assert_allclose(result.values, pairwise.shapley(), atol=1e-5)
+    assert result.params["structure"] and result.evaluations_used <= 70
+
+
+def test_size_game_is_nearly_exact_from_a_small_sample() -> None:
+    game = SizeGame(20)
+    result = estimate(make_estimator("structured_gp", 20, 100, seed=0), game)
+    np.testing.assert_allclose(result.values, game.shapley(), atol=1e-3)
+    np.testing.assert_allclose(result.values.sum(), result.v_full - result.v_empty, atol=1e-6)
