@@ -37,8 +37,8 @@ SIZE_LENGTHS = (0.0, 0.05, 0.15, 0.4)  # length scale on m / n; 0: a free value 
 LOCAL_WIDTHS = (3, 4, 6, 8)
 LOCAL_RHOS = (0.5, 0.9)
 VARIANCES = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # in units of the odd parts' spread
-SWEEPS = 3
-HYPERPARAMETER_SUBSAMPLE = 300
+SWEEPS = 2
+HYPERPARAMETER_SUBSAMPLE = 200
 JITTER = 1e-9
 
 
