@@ -1,0 +1,47 @@
+"""Service test fixtures: a tiny model saved to disk, one live server shared by the API, CLI and fuzz tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live_server import ThreadServer, job_spec, start_thread_server
+
+from shapley_svc.model.loading import tiny_model
+from shapley_svc.service import Client, JobHandle
+from shapley_svc.store.base import JobStatus
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (4 layers) saved with save_pretrained: a local model folder a spec can name."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    loaded = tiny_model("llama", num_layers=4, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    """One live server in a thread for the API, CLI and fuzz tests (token ``TOKEN``, two jobs at a time)."""
+    running = start_thread_server(tmp_path_factory.mktemp("server") / "store.sqlite")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def finished_job(server: ThreadServer, tiny_checkpoint: Path) -> JobHandle:
+    """A job on the live server with two tasks at both granularities, run to the end."""
+    client = server.client()
+    job = client.submit(job_spec(tiny_checkpoint, name="two tasks", granularities=("block", "sublayer")))
+    final = job.wait(progress=False, poll_interval=0.2, timeout=240)
+    assert final.status is JobStatus.SUCCEEDED, final.error
+    return job
+
+
+@pytest.fixture
+def client(server: ThreadServer) -> Iterator[Client]:
+    with server.client() as connected:
+        yield connected
