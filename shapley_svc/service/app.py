@@ -134,7 +134,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
         if code >= 500:
             logger.error("event=request_failed path=%s error=%s", request.url.path, error)
-        return JSONResponse({"detail": str(error)}, status_code=code)
+        detail = str(error)
+        if isinstance(error, JobNotFoundError):  # the store's message names its file: not for clients
+            detail = f"no job with id {request.path_params.get('job_id')!r}; GET /v1/jobs lists the jobs"
+        return JSONResponse({"detail": detail}, status_code=code)
 
     app.add_exception_handler(ShapleySvcError, known_error)
 
