@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import ARC, TOKEN, WIKITEXT, ThreadServer, job_spec
+from live_server import ARC, TOKEN, WIKITEXT, ThreadServer, job_spec, start_thread_server
 from scipy import stats
 
 from shapley_svc.service import (
@@ -41,6 +41,17 @@ def test_writes_without_the_token_get_401_and_with_a_wrong_one_403_whatever_the_
     wrong = httpx.request(method, url, content=body, headers={**headers, "Authorization": "Bearer not-the-token"})
     assert wrong.status_code == 403
     assert "token" in wrong.json()["detail"]
+
+
+def test_a_development_server_without_a_token_takes_writes_without_one(tmp_path: Path) -> None:
+    development = start_thread_server(tmp_path / "dev.sqlite", token=None)
+    try:
+        with development.client(token=None) as client:
+            assert client.health().auth == "none (development)"
+            with pytest.raises(NotFoundError):  # past the token check: the job is what is missing
+                client.cancel("no-such-job")
+    finally:
+        development.stop()
 
 
 def test_the_client_reports_a_refused_write_with_the_servers_message(
