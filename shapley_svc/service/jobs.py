@@ -41,6 +41,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._ray_lock = threading.Lock()
         self._ray_started = False
+        self._stopping = threading.Event()
 
     def start(self) -> list[str]:
         """Start the worker threads and requeue every queued or running job of the store; returns their ids."""
@@ -56,7 +57,9 @@ class JobManager:
         return recovered
 
     def stop(self) -> list[str]:
-        """Let idle workers end; returns the ids of jobs still running (they stay ``running`` and resume later)."""
+        """Start no more jobs and let idle workers end; returns the ids of jobs still running (they stay
+        ``running``, as jobs still waiting stay ``queued``, and both resume at the next start)."""
+        self._stopping.set()
         for _ in self._workers:
             self._queue.put(_STOP)
         with self._lock:
@@ -108,6 +111,8 @@ class JobManager:
 
     def _work(self) -> None:
         while (job_id := self._queue.get()) != _STOP:
+            if self._stopping.is_set():
+                continue
             with self._lock:
                 self._running.add(job_id)
             try:
