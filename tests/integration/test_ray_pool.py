@@ -1,11 +1,19 @@
-"""The Ray actor pool on a local Ray (2 CPUs): same values as in process, dead actors replaced, load errors."""
+"""Jobs on a private local Ray (2 CPU actors, tiny model): same result as in process for the same seed, also
+when an actor is killed mid-run (same number of evaluations), and an actor that cannot load its model fails
+the job with the reason.
+
+Starting an actor imports torch and transformers in a fresh process (10-25 s on a busy 2-core machine), so
+one pool serves every test of this module.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,11 +21,10 @@ import pytest
 from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.errors import ModelLoadError
 from shapley_svc.model.loading import tiny_model
-from shapley_svc.runner.driver import RunControl, run_estimation
-from shapley_svc.runner.executors import Chunk, GameWorker, RayActorPool, WorkerSetup
-from shapley_svc.spec import ExecutorSpec, ModelSpec, TaskSpec
-from shapley_svc.store import SQLiteStore
-from shapley_svc.types import Coalitions, Values
+from shapley_svc.runner.driver import JobOutcome, run_job
+from shapley_svc.runner.executors import Chunk, ChunkResult, GameWorker, RayActorPool, WorkerSetup
+from shapley_svc.spec import JobSpec, parse_spec
+from shapley_svc.store import JobStatus, SQLiteStore
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.integration
@@ -25,92 +32,83 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    """A Ray of our own (2 CPUs, its own temp dir), never one another user started on this machine."""
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=temp_dir)
     yield
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> WorkerSetup:
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")
     loaded = tiny_model("llama", num_layers=4, seed=0)
     loaded.model.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
-    task = TaskSpec(
-        name="lm_loss", params={"corpus": "wikitext2", "data_dir": str(default_data_dir()), "window": 32, "windows": 2}
+    return folder
+
+
+def job(model: Path, store: Path, kind: str) -> JobSpec:
+    """Blocks and sublayers, two seeded estimators, a stopping rule; on Ray or in process."""
+    task = {"corpus": "wikitext2", "data_dir": str(default_data_dir()), "window": 32, "windows": 2}
+    return parse_spec(
+        {
+            "model": {"name": str(model), "dtype": "float32"},
+            "players": {"granularities": ["block", "sublayer"]},
+            "tasks": [{"name": "lm_loss", "params": task}],
+            "estimators": [{"name": "permutation", "seed": 3}, {"name": "kernelshap", "seed": 5}],
+            "budget": {"evaluations": 64, "stopping": [{"name": "rank_stable", "params": {"checkpoints": 3}}]},
+            "executor": {"kind": kind, "num_workers": 2, "chunk_size": 4, "max_in_flight": 4},
+            "store": {"path": str(store)},
+        }
     )
-    return WorkerSetup(ModelSpec(name=str(folder), dtype="float32"), ("block", "sublayer"), (task,), threads=1)
 
 
-@dataclass(frozen=True)
-class Request:
-    request_id: int
-    coalitions: Coalitions
+@pytest.fixture(scope="module")
+def pool(local_ray: None, model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayActorPool]:
+    spec = job(model_folder, tmp_path_factory.mktemp("unused") / "s.sqlite", "ray")
+    started = RayActorPool(WorkerSetup.from_spec(spec), spec.executor)
+    yield started
+    started.close()
 
 
-class SeededSampler:
-    """A test estimator: ``total`` random coalitions of ``n`` players in requests of 2, seeded; keeps the tells."""
-
-    def __init__(self, n: int, total: int, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.n = n
-        self.total = total
-        self.asked = 0
-        self.told: dict[int, Values] = {}
-
-    def ask(self, max_coalitions: int) -> list[Request]:
-        requests = []
-        while self.asked < self.total and max_coalitions >= 2:
-            requests.append(Request(len(requests) + self.asked // 2, self.rng.random((2, self.n)) < 0.5))
-            self.asked += 2
-            max_coalitions -= 2
-        return requests
-
-    def tell(self, request_id: int, values: Values) -> None:
-        self.told[request_id] = np.array(values)
-
-    @property
-    def done(self) -> bool:
-        return 2 * len(self.told) >= self.total
-
-    @property
-    def evaluations_used(self) -> int:
-        return 2 * len(self.told)
-
-    def result(self) -> np.ndarray:
-        return np.concatenate([self.told[i] for i in sorted(self.told)])
+@pytest.fixture(scope="module")
+def in_process(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobOutcome, dict]:
+    """The reference: the same job in this process, and its stored results."""
+    spec = job(model_folder, tmp_path_factory.mktemp("local") / "local.sqlite", "local")
+    outcome = run_job(spec, progress_bar=False)
+    return outcome, stored(Path(spec.store.path), outcome.job_id)
 
 
-def test_pool_values_equal_in_process_values(local_ray: None, setup: WorkerSetup) -> None:
-    coalitions = np.random.default_rng(0).random((12, 8)) < 0.5
-    expected = GameWorker.from_setup(setup).evaluate("sublayer", coalitions)
-    pool = RayActorPool(setup, ExecutorSpec(kind="ray", num_workers=2, chunk_size=4))
-    try:
-        assert pool.games()["sublayer"].n_players == 8
-        for index, start in enumerate(range(0, 12, 4)):
-            pool.submit(Chunk(index, "sublayer", coalitions[start : start + 4]))
-        results = []
-        while pool.in_flight:
-            results.extend(pool.wait(timeout=60))
-    finally:
-        pool.close()
-    assert sorted(result.chunk.id for result in results) == [0, 1, 2]
-    assert {result.worker for result in results} == {0, 1}
-    got = np.concatenate([result.values for result in sorted(results, key=lambda result: result.chunk.id)])
-    np.testing.assert_array_equal(got, expected)
+def stored(store_path: Path, job_id: str) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The job's results by (granularity, estimator, task), without the job id recorded in their provenance."""
+    with SQLiteStore(store_path) as store:
+        results = {(r.granularity, r.estimator, r.task): json.loads(r.result_json) for r in store.get_results(job_id)}
+    for result in results.values():
+        assert result["params"]["provenance"].pop("job_id") == job_id
+    return results
+
+
+def counts(outcome: JobOutcome) -> list[tuple[str, str, int, int, str]]:
+    """Per run: granularity, estimator, coalitions told and evaluated, and why it stopped."""
+    return [
+        (run.granularity, run.estimator, run.stats.told, run.stats.evaluated, run.stats.stopped_by)
+        for run in outcome.runs
+    ]
 
 
 class KillingPool:
-    """Wraps a pool and kills one actor after the first chunk comes back (a node lost mid-run)."""
+    """The pool, with one of its actors killed (``ray.kill``) as soon as the first chunk comes back."""
 
     def __init__(self, pool: RayActorPool):
         self.pool = pool
         self.killed = False
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.pool, name)
 
-    def wait(self, timeout: float | None = None):
+    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
         results = self.pool.wait(timeout)
         if results and not self.killed:
             self.killed = True
@@ -118,96 +116,55 @@ class KillingPool:
         return results
 
 
-def test_killed_actor_is_replaced_and_the_result_is_unchanged(
-    local_ray: None, setup: WorkerSetup, tmp_path: Path
+def test_pool_values_equal_in_process_values(pool: RayActorPool, model_folder: Path) -> None:
+    coalitions = np.random.default_rng(0).random((12, 8)) < 0.5
+    setup = WorkerSetup.from_spec(job(model_folder, model_folder / "unused.sqlite", "local"))
+    expected = GameWorker.from_setup(setup).evaluate("sublayer", coalitions)
+    assert pool.games()["sublayer"].n_players == 8
+    for index, start in enumerate(range(0, 12, 4)):
+        pool.submit(Chunk(index, "sublayer", coalitions[start : start + 4]))
+    results: list[ChunkResult] = []
+    while pool.in_flight:
+        results.extend(pool.wait(timeout=60))
+    assert sorted(result.chunk.id for result in results) == [0, 1, 2]
+    assert {result.worker for result in results} == {0, 1}
+    got = np.concatenate([result.values for result in sorted(results, key=lambda result: result.chunk.id)])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_job_on_two_actors_equals_the_in_process_job(
+    pool: RayActorPool, model_folder: Path, tmp_path: Path, in_process: tuple[JobOutcome, dict]
 ) -> None:
-    reference = SeededSampler(8, 48, seed=7)
-    with SQLiteStore(tmp_path / "reference.sqlite") as store:
-        local = GameWorker.from_setup(setup)
-        from shapley_svc.runner.executors import InProcessExecutor
+    reference, reference_results = in_process
+    spec = job(model_folder, tmp_path / "ray.sqlite", "ray")
+    distributed = run_job(spec, executor=pool, progress_bar=False)
+    assert len(reference_results) == 4
+    assert stored(tmp_path / "ray.sqlite", distributed.job_id) == reference_results
+    assert counts(distributed) == counts(reference)
 
-        executor = InProcessExecutor(local)
-        expected = run_estimation(
-            reference,
-            executor,
-            executor.games()["sublayer"],
-            store,
-            budget=48,
-            chunk_size=4,
-            control=RunControl(progress_bar=False),
-        )
-    pool = RayActorPool(setup, ExecutorSpec(kind="ray", num_workers=2, chunk_size=4, max_in_flight=4))
+
+def test_killed_actor_is_replaced_and_the_job_keeps_its_result_and_evaluation_count(
+    pool: RayActorPool, model_folder: Path, tmp_path: Path, in_process: tuple[JobOutcome, dict]
+) -> None:
+    reference, reference_results = in_process
+    spec = job(model_folder, tmp_path / "ray.sqlite", "ray")
     killing = KillingPool(pool)
-    estimator = SeededSampler(8, 48, seed=7)
-    try:
-        with SQLiteStore(tmp_path / "pool.sqlite") as store:
-            stats = run_estimation(
-                estimator,
-                killing,
-                pool.games()["sublayer"],
-                store,
-                budget=48,
-                chunk_size=4,
-                control=RunControl(progress_bar=False),
-            )
-            cached = store.count_values(pool.games()["sublayer"].fingerprint)
-    finally:
-        pool.close()
-    assert killing.killed and pool.restarts == 1
-    assert stats.told == expected.told == 48
-    assert stats.evaluated == expected.evaluated == cached
-    np.testing.assert_array_equal(estimator.result(), reference.result())
+    restarts = pool.restarts
+    distributed = run_job(spec, executor=killing, progress_bar=False)
+    assert killing.killed and pool.restarts == restarts + 1
+    assert stored(tmp_path / "ray.sqlite", distributed.job_id) == reference_results
+    assert counts(distributed) == counts(reference), "a requeued chunk was counted twice or lost"
+    with SQLiteStore(tmp_path / "ray.sqlite") as store:
+        cached = sum(store.count_values(game.fingerprint) for game in pool.games().values())
+    assert cached == sum(run.stats.evaluated for run in reference.runs)
 
 
-def test_a_worker_that_cannot_load_its_model_fails_with_the_reason(local_ray: None, tmp_path: Path) -> None:
-    missing = WorkerSetup(ModelSpec(name=str(tmp_path / "nowhere" / "model"), dtype="float32"), ("block",), ())
+def test_an_actor_that_cannot_load_its_model_fails_the_job_with_the_reason(local_ray: None, tmp_path: Path) -> None:
+    spec = job(tmp_path / "nowhere" / "model", tmp_path / "s.sqlite", "ray")
+    one_worker = spec.executor.model_copy(update={"num_workers": 1, "num_cpus_per_worker": 0})  # the pool holds 2 CPUs
     with pytest.raises(ModelLoadError, match="no such folder"):
-        RayActorPool(missing, ExecutorSpec(kind="ray", num_workers=1))
-
-
-def test_job_on_ray_equals_the_in_process_job_even_when_an_actor_dies(
-    local_ray: None, setup: WorkerSetup, tmp_path: Path
-) -> None:
-    from shapley_svc.estimators.base import EstimatorSettings
-    from shapley_svc.estimators.exact import ExactEstimator
-    from shapley_svc.runner.driver import PreparedRun, run_job
-    from shapley_svc.spec import parse_spec
-
-    def exact(spec, game, budget) -> PreparedRun:
-        estimator = ExactEstimator(EstimatorSettings(game.n_players, budget.evaluations, spec.seed, game.player_names))
-        estimator.set_task_names(game.task_names)
-        return PreparedRun(estimator, None, None)
-
-    def job(store: str, kind: str):
-        return parse_spec(
-            {
-                "model": setup.model.model_dump(),
-                "players": {"granularities": ["sublayer"]},
-                "tasks": [task.model_dump() for task in setup.tasks],
-                "estimators": [{"name": "exact"}],
-                "budget": {"evaluations": 256},
-                "executor": {"kind": kind, "num_workers": 2, "chunk_size": 16}
-                if kind == "ray"
-                else {"kind": "local", "chunk_size": 16},
-                "store": {"path": str(tmp_path / store)},
-            }
-        )
-
-    local = run_job(job("local.sqlite", "local"), estimator_factory=exact, progress_bar=False)
-    ray_spec = job("ray.sqlite", "ray")
-    pool = RayActorPool(WorkerSetup.from_spec(ray_spec), ray_spec.executor)
-    killing = KillingPool(pool)
-    try:
-        distributed = run_job(ray_spec, estimator_factory=exact, executor=killing, progress_bar=False)
-    finally:
-        pool.close()
-    assert killing.killed and pool.restarts == 1
-    assert distributed.runs[0].stats.evaluated == local.runs[0].stats.evaluated == 256
-
-    def values(path: str, job_id: str) -> dict:
-        with SQLiteStore(tmp_path / path) as store:
-            (record,) = store.get_results(job_id)
-        result = json.loads(record.result_json)
-        return {key: result[key] for key in ("values", "v_full", "v_empty", "evaluations_used")}
-
-    assert values("ray.sqlite", distributed.job_id) == values("local.sqlite", local.job_id)
+        run_job(spec.model_copy(update={"executor": one_worker}), progress_bar=False)
+    with SQLiteStore(tmp_path / "s.sqlite") as store:
+        (failed,) = store.list_jobs()
+    assert failed.status is JobStatus.FAILED
+    assert "ModelLoadError" in (failed.error or "") and "no such folder" in (failed.error or "")
