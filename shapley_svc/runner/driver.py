@@ -5,9 +5,12 @@ One run (one estimator on one game) goes::
     ask -> value-cache lookup -> misses ordered for prefix sharing (layer order) -> chunks
         -> executor (bounded in flight, completion order) -> finite check -> cache -> tell -> stopping
 
-All algorithm state lives in the estimator. The driver always asks ``chunk_size`` coalitions at a time and
-tells whole requests in the order they were asked, whatever order chunks complete in; with a seeded
-estimator the sequence of asks and tells, hence the result, is the same for any number of workers. Every
+All algorithm state lives in the estimator. The driver asks ``chunk_size`` coalitions at a time, keeping up
+to one full pool's worth of chunks queued beyond those in flight, and tells whole requests in the order they
+were asked, whatever order chunks complete in; with a seeded estimator the tells, hence the result, are the
+same for any number of workers. When the estimator has nothing more to give until its round is told, the
+queued coalitions are cut into equal chunks of at most ``chunk_size``, as many as fill whole waves of the
+workers, so the end of a round does not wait on a few full chunks while other workers idle. Every
 value is written to the cache as soon as its chunk returns, so the cache is the checkpoint: a run stopped at
 any moment is resumed by a fresh estimator with the same seed, whose asks all hit the cache until the point
 where the first run stopped. A coalition asked twice while its value is on its way is evaluated once.
@@ -16,6 +19,7 @@ where the first run stopped. A coalition asked twice while its value is on its w
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -227,8 +231,12 @@ def run_estimation(
             return
         order = lexicographic_rows(np.stack([coalition for _, coalition in queue]))
         queue = [queue[index] for index in order]
+        size = chunk_size
+        if not asking or asked >= budget:  # nothing more comes until these are told: spread them evenly
+            waves = math.ceil(len(queue) / (chunk_size * executor.num_workers))
+            size = math.ceil(len(queue) / (waves * executor.num_workers))
         while queue and executor.in_flight < executor.capacity:
-            part, queue = queue[:chunk_size], queue[chunk_size:]
+            part, queue = queue[:size], queue[size:]
             chunk_count += 1
             chunk = Chunk(chunk_count, game.key, np.stack([coalition for _, coalition in part]))
             chunk_keys[chunk.id] = [key for key, _ in part]
@@ -272,7 +280,7 @@ def run_estimation(
                 asking
                 and not stopped
                 and asked < budget
-                and len(queue) < chunk_size * max(1, executor.capacity - executor.in_flight)
+                and len(queue) < chunk_size * executor.capacity
             ):
                 asks = estimator.ask(min(chunk_size, budget - asked))
                 if not asks:

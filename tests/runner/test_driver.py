@@ -245,3 +245,26 @@ def test_out_of_memory_halves_the_batch_and_logs(error: str, caplog: pytest.LogC
 
     with pytest.raises(EvaluationError, match="single coalition"):
         GameWorker({"g": Hopeless()}).evaluate("g", coalitions)
+
+
+def test_the_end_of_a_round_is_spread_over_every_worker(store: SQLiteStore) -> None:
+    class Recording(ShuffledExecutor):
+        """Four workers, two chunks each in flight; records the size of every chunk submitted."""
+
+        def __init__(self) -> None:
+            super().__init__(AdditiveGame(), capacity=8, seed=0)
+            self.num_workers = 4
+            self.sizes: list[int] = []
+
+        def submit(self, chunk: Chunk) -> None:
+            self.sizes.append(len(chunk.coalitions))
+            super().submit(chunk)
+
+    executor = Recording()
+    stats = run(SeededSampler(30, seed=6), executor, store, budget=30, chunk_size=32)
+    assert stats.told == 30 and sum(executor.sizes) == stats.evaluated > 12
+    assert max(executor.sizes) == -(-stats.evaluated // 4) and len(executor.sizes) == 4, "not one chunk of all"
+    many = Recording()
+    with SQLiteStore(store.path.with_name("many.sqlite")) as other:
+        run(SeededSampler(200, seed=6), many, other, budget=200, chunk_size=4)
+    assert many.sizes[:8] == [4] * 8, "full chunks while the estimator has more to give"
