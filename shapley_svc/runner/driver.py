@@ -276,12 +276,7 @@ def run_estimation(
                 bar.update(len(request.coalitions))
             if stopped and executor.in_flight == 0:
                 break
-            while (
-                asking
-                and not stopped
-                and asked < budget
-                and len(queue) < chunk_size * executor.capacity
-            ):
+            while asking and not stopped and asked < budget and len(queue) < chunk_size * executor.capacity:
                 asks = estimator.ask(min(chunk_size, budget - asked))
                 if not asks:
                     asking = False
