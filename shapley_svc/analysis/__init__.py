@@ -15,7 +15,6 @@ from shapley_svc.analysis.tasks import (
     rank_correlations,
     ranking_curves,
     shapley_values,
-    spearman,
     task_scores,
 )
 
@@ -37,6 +36,5 @@ __all__ = [
     "repository_root",
     "shapley_values",
     "shared_folder",
-    "spearman",
     "task_scores",
 ]

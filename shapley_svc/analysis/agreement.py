@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shapley_svc.analysis.tasks import spearman
 from shapley_svc.errors import ConfigError
+from shapley_svc.stats import spearman
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from shapley_svc.errors import ConfigError
 from shapley_svc.estimators import ShapleyResult, estimate, make_estimator
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.pruning.curves import pruning_curves, removal_order
+from shapley_svc.stats import spearman
 from shapley_svc.types import Coalitions, Game
 from shapley_svc.values.base import ValueFunction
 
@@ -34,32 +35,6 @@ def shapley_values(game: Game, budget: int, estimator: str = "default", seed: in
         estimator, n_players=game.n_players, budget=budget, seed=seed, player_names=tuple(game.player_names)
     )
     return estimate(built, game, budget=budget)
-
-
-def ranks(values: np.ndarray) -> np.ndarray:
-    """float[..., n]: ranks (0-based, ties averaged) of ``values`` along the last axis."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, axis=-1, kind="stable")
-    ranked = np.empty_like(values)
-    np.put_along_axis(ranked, order, np.broadcast_to(np.arange(values.shape[-1], dtype=float), values.shape), -1)
-    flat_values, flat_ranks = values.reshape(-1, values.shape[-1]), ranked.reshape(-1, values.shape[-1])
-    for row_values, row_ranks in zip(flat_values, flat_ranks, strict=True):
-        unique, inverse, counts = np.unique(row_values, return_inverse=True, return_counts=True)
-        if len(unique) < len(row_values):
-            means = np.bincount(inverse, weights=row_ranks) / counts
-            row_ranks[:] = means[inverse]
-    return ranked
-
-
-def spearman(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Spearman's rho of two value arrays along the last axis (broadcasting over leading axes)."""
-    a, b = ranks(first), ranks(second)
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    denominator = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
-    if np.any(denominator == 0):
-        raise ConfigError("Spearman's rho is undefined for constant values")
-    return (a * b).sum(axis=-1) / denominator
 
 
 @dataclass(frozen=True)

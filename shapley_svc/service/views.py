@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from shapley_svc.errors import ShapleySvcError
+from shapley_svc.errors import ConfigError, ShapleySvcError
 from shapley_svc.service.schemas import (
     ComparisonView,
     JobDetail,
@@ -30,6 +31,7 @@ from shapley_svc.service.schemas import (
     TaskPairComparison,
 )
 from shapley_svc.spec import JobSpec
+from shapley_svc.stats import kendall_tau_b, spearman
 from shapley_svc.store.base import JobRecord, JobStatus, ResultRecord
 
 
@@ -219,34 +221,14 @@ def ranking_view(
     )
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values`` (float[n]) ascending, ties sharing their mean rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    for stop in range(1, len(values) + 1):
-        if stop == len(values) or sorted_values[stop] != sorted_values[start]:
-            ranks[order[start:stop]] = (start + stop + 1) / 2
-            start = stop
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rho of float[n] ``a`` and ``b``: Pearson correlation of their average ranks."""
-    rank_a, rank_b = average_ranks(a) - (len(a) + 1) / 2, average_ranks(b) - (len(b) + 1) / 2
-    denominator = math.sqrt(float(rank_a @ rank_a) * float(rank_b @ rank_b))
-    return finite_or_none(float(rank_a @ rank_b) / denominator) if denominator > 0 else None
-
-
-def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Kendall's tau-b of float[n] ``a`` and ``b``: (concordant - discordant) / sqrt of untied pairs in each."""
-    sign_a = np.sign(a[:, None] - a[None, :])  # [n, n]
-    sign_b = np.sign(b[:, None] - b[None, :])
-    upper = np.triu_indices(len(a), k=1)
-    score = float((sign_a * sign_b)[upper].sum())
-    untied = math.sqrt(float(np.abs(sign_a[upper]).sum()) * float(np.abs(sign_b[upper]).sum()))
-    return finite_or_none(score / untied) if untied > 0 else None
+def defined_or_none(statistic: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray) -> float | None:
+    """``statistic(a, b)`` as a finite float, or None where it is undefined (fewer than two players, constant)."""
+    if len(a) < 2:
+        return None
+    try:
+        return finite_or_none(float(statistic(a, b)))
+    except ConfigError:
+        return None
 
 
 def comparison_view(
@@ -275,8 +257,10 @@ def comparison_view(
             TaskPairComparison(
                 task_a=task_a,
                 task_b=task_b,
-                spearman=spearman(values_a[defined], values_b[defined]) if defined.sum() > 1 else None,
-                kendall=kendall_tau_b(values_a[defined], values_b[defined]) if defined.sum() > 1 else None,
+                spearman=defined_or_none(spearman, values_a[defined], values_b[defined]) if defined.sum() > 1 else None,
+                kendall=defined_or_none(kendall_tau_b, values_a[defined], values_b[defined])
+                if defined.sum() > 1
+                else None,
                 movers=moves[:top_movers],
             )
         )

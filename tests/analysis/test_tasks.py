@@ -14,13 +14,12 @@ from shapley_svc.analysis import (
     ranking_curves,
     repository_root,
     shapley_values,
-    spearman,
     task_scores,
 )
-from shapley_svc.analysis.tasks import ranks
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.loading import tiny_model
 from shapley_svc.model.masked import MaskedModel
+from shapley_svc.stats import spearman
 from shapley_svc.values import make_value_fn
 from shapley_svc.values.base import ModelGame
 
@@ -45,17 +44,6 @@ class AdditiveBlocks:
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
         return np.asarray(coalitions, dtype=float) @ self.weights.T
-
-
-def test_ranks_average_ties_and_spearman_matches_known_values() -> None:
-    np.testing.assert_array_equal(ranks(np.array([3.0, 1.0, 3.0, 2.0])), [2.5, 0.0, 2.5, 1.0])
-    values = np.array([0.1, 0.5, 0.2, 0.9, 0.3])
-    assert spearman(values, values * 10 + 1) == pytest.approx(1.0)
-    assert spearman(values, -values) == pytest.approx(-1.0)
-    # ranks (0, 3, 1, 4, 2) and (0, 1, 3, 4, 2): d^2 sums to 8, rho = 1 - 6 * 8 / (5 * 24) = 0.6
-    assert spearman(values, np.array([0.1, 0.3, 0.5, 0.9, 0.4])) == pytest.approx(0.6)
-    with pytest.raises(ConfigError, match="constant"):
-        spearman(values, np.ones(5))
 
 
 def test_rank_correlation_intervals_hold_the_estimate_and_widen_with_stderr() -> None:

@@ -5,25 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
-import pytest
-from scipy import stats
 
-from shapley_svc.service.views import importance_ranks, job_progress, kendall_tau_b, spearman
+from shapley_svc.service.views import defined_or_none, importance_ranks, job_progress
+from shapley_svc.stats import kendall_tau_b, spearman
 from shapley_svc.store.base import JobRecord, JobStatus
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_rank_correlations_match_scipy_with_ties(seed: int) -> None:
-    generator = np.random.default_rng(seed)
-    a = generator.integers(0, 5, size=12).astype(float)  # many ties
-    b = a + generator.normal(0, 1.5, size=12)
-    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
-    assert kendall_tau_b(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
 
 
 def test_correlation_of_a_constant_ranking_is_undefined() -> None:
     constant, other = np.ones(4), np.arange(4.0)
-    assert spearman(constant, other) is None and kendall_tau_b(constant, other) is None
+    assert (
+        defined_or_none(spearman, constant, other) is None and defined_or_none(kendall_tau_b, constant, other) is None
+    )
 
 
 def test_importance_ranks_put_the_highest_first_the_earlier_of_ties_first_and_undefined_last() -> None:
