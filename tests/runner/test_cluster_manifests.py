@@ -1,5 +1,5 @@
 """cluster/: the launcher YAML against Ray's own JSON schema, KubeRay manifests against the CRD fields they use,
-the example job spec against JobSpec."""
+the job specs against JobSpec and the registries."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
+from shapley_svc.runner.driver import check_job
 from shapley_svc.spec import load_spec
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
@@ -121,8 +122,13 @@ def test_the_crd_check_catches_a_typo() -> None:
     ]
 
 
-def test_runtime_env_and_example_job_are_valid() -> None:
+def test_runtime_env_and_job_specs_are_valid() -> None:
     runtime_env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
     assert set(runtime_env) <= {"working_dir", "excludes", "pip", "env_vars", "py_modules", "conda", "uv"}
-    spec = load_spec(CLUSTER / "example-job.yaml")
-    assert spec.executor.kind == "ray" and spec.executor.num_gpus_per_worker == 1
+    gpu = load_spec(CLUSTER / "gpu-job.yaml")
+    assert gpu.executor.kind == "ray" and gpu.executor.num_gpus_per_worker == 1 and gpu.model.device == "cuda"
+    local = load_spec(CLUSTER / "example-job.yaml")
+    assert local.executor.kind == "ray" and local.executor.num_gpus_per_worker == 0 and local.model.device == "cpu"
+    assert local.executor.address is None, "inside `ray job submit` the entrypoint joins the cluster it runs on"
+    for spec in (gpu, local):
+        check_job(spec)  # estimator names and parameters, stopping rules
