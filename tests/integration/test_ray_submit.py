@@ -31,7 +31,9 @@ from shapley_svc.store import JobStatus, SQLiteStore
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.integration
-RAY = str(Path(sys.executable).with_name("ray"))
+RAY = next(
+    (str(path) for path in (Path(sys.executable).with_name("ray"),) if path.is_file()), shutil.which("ray") or "ray"
+)  # the ray CLI beside this interpreter (a venv), else the one on PATH
 PORT_OPTIONS = (
     "port",
     "dashboard-port",

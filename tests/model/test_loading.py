@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -226,10 +225,8 @@ def test_demo_model_shape_and_cache(monkeypatch: pytest.MonkeyPatch, caplog: pyt
         raise AssertionError("the second load converted the GGUF again instead of using the cache")
 
     monkeypatch.setattr(loading, "_convert_gguf", no_conversion)
-    started = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="shapley_svc.model.loading"):
         second = load_model("demo", dtype="float32")
-    assert time.perf_counter() - started < 15
     assert second.fingerprint == first.fingerprint
     assert not [record for record in caplog.records if "converting" in record.getMessage()]
     bf16 = load_model("demo")
