@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ DTYPES: dict[str, torch.dtype | str] = {
     "float16": torch.float16,
     "auto": "auto",
 }
+_CONSTRUCTION_LOCK = threading.Lock()
+"""Serialises model construction in a process: transformers builds weights under process-global patches (meta
+device, skipped init) that two threads entering and leaving at once (a service running two jobs) leave behind,
+after which every later model in the process is built on the meta device."""
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 # Config keys that say how or where a model was saved, not what it computes.
 _VOLATILE_CONFIG_KEYS = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version"})
@@ -204,9 +209,10 @@ def _convert_gguf(gguf_path: Path, folder: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-partial-", dir=folder.parent))
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-            )
+            with _CONSTRUCTION_LOCK:
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+                )
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         except (OSError, ValueError, ImportError) as error:
             raise ModelLoadError(
@@ -283,13 +289,14 @@ def _load_pretrained(
 
 def _with_attention_fallback(build: Callable[[str], PreTrainedModel]) -> PreTrainedModel:
     """Build with SDPA attention; fall back to eager only when this model or install cannot do SDPA."""
-    try:
-        return build("sdpa")
-    except (ValueError, ImportError) as error:
-        if "sdpa" not in str(error).lower():
-            raise
-        logger.warning("SDPA attention unavailable (%s); using eager attention", error)
-        return build("eager")
+    with _CONSTRUCTION_LOCK:
+        try:
+            return build("sdpa")
+        except (ValueError, ImportError) as error:
+            if "sdpa" not in str(error).lower():
+                raise
+            logger.warning("SDPA attention unavailable (%s); using eager attention", error)
+            return build("eager")
 
 
 def _finish(
