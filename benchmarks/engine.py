@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from shapley_svc.data.corpus import default_data_dir, load_corpus, token_windows
 from shapley_svc.engine import BatchedEngine, TokenBatch
+from shapley_svc.model.layouts import resolve
 from shapley_svc.model.loading import LoadedModel, load_model
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.values.base import ModelGame
@@ -57,11 +58,15 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: in
 
 
 class DecoderLayerCounter:
-    """Counts forwards of the transformers decoder layers through forward hooks."""
+    """Counts decoder-layer forwards that do work, by forward hooks on the transformers layers' MLP modules.
+
+    A hook on the decoder layer itself would also count the layers a mask skips (their calls return the input
+    untouched); under block masks a layer computes exactly when its MLP runs.
+    """
 
     def __init__(self, masked: MaskedModel):
         self.calls = 0
-        self.handles = [layer.register_forward_hook(self.count) for layer in masked.layers]
+        self.handles = [resolve(layer, masked.layout.mlp).register_forward_hook(self.count) for layer in masked.layers]
 
     def count(self, *_: object) -> None:
         self.calls += 1
