@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT_DIR = Path("runs")
-DEFAULT_BUDGET_PER_PLAYER = 10
+DEFAULT_BUDGET_PER_PLAYER = 5
 SHAPLEY_LABEL = "shapley"
 
 
