@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the job, add the static metrics, print the table and write the RankingSet; JSON summary last."""
     import torch
 
-    from shapley_svc.estimators import make_estimator
+    from shapley_svc.estimators import check_estimator
     from shapley_svc.estimators.result import ShapleyResult
     from shapley_svc.metrics import static_metrics
     from shapley_svc.model.loading import load_model
@@ -126,14 +126,15 @@ def run(args: argparse.Namespace) -> int:
     from shapley_svc.values.lm_loss import LanguageModelingLoss
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    torch.set_num_threads(1 if args.executor == "ray" else torch.get_num_threads())
+    if args.executor == "ray":
+        torch.set_num_threads(1)
+    check_estimator(args.estimator)  # an unknown name fails before the model loads
     corpus = args.corpus or default_corpus(args.data_dir)
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     # Loaded here first: the demo's one-time conversion then happens once, before any worker starts.
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     masked = MaskedModel(loaded.model, loaded.layout, args.granularity)
     spec = build_spec(args, len(masked.players), corpus)
-    make_estimator(args.estimator, len(masked.players), spec.budget.evaluations)  # an unknown name fails now
     value_fn = LanguageModelingLoss(
         corpus=corpus, data_dir=Path(args.data_dir) if args.data_dir else None, window=args.window, windows=args.windows
     )
