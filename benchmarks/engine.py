@@ -44,16 +44,24 @@ def permutation_walk_masks(n_players: int, walks: int, seed: int) -> np.ndarray:
     return np.array(masks)
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each candidate, run in turn ``repeats`` times after one warm-up each."""
-    for run in candidates.values():
-        run()
+def interleaved_medians(
+    candidates: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True
+) -> dict[str, float]:
+    """Median wall time of each candidate, run in turn ``repeats`` times, after one warm-up each if asked.
+
+    The walk comparisons skip the warm-up: each candidate is hundreds of forwards of kernels the forward-pass
+    section has already warmed, and one more pass of each would double an hour-long run.
+    """
+    if warm_up:
+        for run in candidates.values():
+            run()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+            log.info("%s: %.2f s", name, times[name][-1])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -123,19 +131,6 @@ def benchmark(loaded: LoadedModel, ids: torch.Tensor, walks: int, repeats: int, 
     if walks == 0:  # the forward-pass ratios only (minutes, not an hour, on a 2-core CPU)
         return results
     masks = permutation_walk_masks(n, walks, seed)
-    counter = DecoderLayerCounter(masked)
-    try:
-        engine.evaluate(masks, batch, readout=lambda hidden: None)
-        engine_layers = counter.calls
-        counter.calls = 0
-        for mask in masks:
-            stack_under(mask)()
-        alone_layers = counter.calls
-    finally:
-        counter.close()
-    results["engine_layer_forwards"] = engine_layers
-    results["alone_layer_forwards"] = alone_layers
-    results["engine_layer_ratio"] = engine_layers / alone_layers
 
     def engine_stack() -> object:
         return engine.evaluate(masks, batch, readout=lambda hidden: None)
@@ -143,7 +138,26 @@ def benchmark(loaded: LoadedModel, ids: torch.Tensor, walks: int, repeats: int, 
     def alone_stack() -> object:
         return [stack_under(mask)() for mask in masks]
 
-    times = interleaved_medians({"engine": engine_stack, "alone": alone_stack}, max(1, repeats // 2))
+    counter = DecoderLayerCounter(masked)
+    layer_forwards: dict[str, int] = {}
+
+    def counted(name: str, run: Callable[[], object]) -> Callable[[], object]:
+        def run_and_count() -> object:
+            counter.calls = 0
+            output = run()
+            layer_forwards[name] = counter.calls
+            return output
+
+        return run_and_count
+
+    try:
+        candidates = {"engine": counted("engine", engine_stack), "alone": counted("alone", alone_stack)}
+        times = interleaved_medians(candidates, max(1, repeats // 2), warm_up=False)
+    finally:
+        counter.close()
+    results["engine_layer_forwards"] = layer_forwards["engine"]
+    results["alone_layer_forwards"] = layer_forwards["alone"]
+    results["engine_layer_ratio"] = layer_forwards["engine"] / layer_forwards["alone"]
     results["engine_stack_s"] = times["engine"]
     results["alone_stack_s"] = times["alone"]
     results["engine_wall_ratio"] = times["engine"] / times["alone"]
@@ -161,7 +175,9 @@ def benchmark(loaded: LoadedModel, ids: torch.Tensor, walks: int, repeats: int, 
             values.append(-float(losses.clamp(max=cap).mean()))
         return values
 
-    times = interleaved_medians({"engine": lambda: game(masks), "alone": alone_loss}, max(1, repeats // 2))
+    times = interleaved_medians(
+        {"engine": lambda: game(masks), "alone": alone_loss}, max(1, repeats // 2), warm_up=False
+    )
     results["engine_end_to_end_s"] = times["engine"]
     results["alone_end_to_end_s"] = times["alone"]
     results["engine_end_to_end_ratio"] = times["engine"] / times["alone"]
