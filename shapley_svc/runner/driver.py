@@ -358,6 +358,10 @@ class JobOutcome:
         }
 
 
+_RESUMABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED)
+"""A cancelled job stays cancelled: running the spec again starts a new job, which the value cache makes cheap."""
+
+
 def _open_job(store: ResultStore, spec: JobSpec, job_id: str | None, resume: bool) -> JobRecord:
     """The job record to run under: the one named, the latest unfinished one of the same spec, or a new one."""
     spec_json = spec.model_dump(mode="json")
@@ -374,7 +378,7 @@ def _open_job(store: ResultStore, spec: JobSpec, job_id: str | None, resume: boo
     if resume:
         fingerprint = spec.result_fingerprint()
         for job in store.list_jobs(limit=1000):
-            if job.status is not JobStatus.SUCCEEDED and _fingerprint_of(job) == fingerprint:
+            if job.status in _RESUMABLE and _fingerprint_of(job) == fingerprint:
                 logger.info("event=resume job=%s status=%s", job.id, job.status.value)
                 return job
         logger.info("event=resume_nothing_to_resume spec=%s", fingerprint[:12])
@@ -409,10 +413,11 @@ def run_job(
     own_store = store is None
     active_store: ResultStore = store if store is not None else SQLiteStore(spec.store.path)
     job = _open_job(active_store, spec, job_id, resume)
-    active_store.update_job(job.id, status=JobStatus.RUNNING, progress={"runs": []})
     own_executor = executor is None
     runs: list[RunOutcome] = []
     try:
+        # only from a runnable status: a cancel landing between the caller's last read and this write wins
+        active_store.update_job(job.id, status=JobStatus.RUNNING, progress={"runs": []}, only_from=_RESUMABLE)
         active = executor if executor is not None else make_executor(spec)
         try:
             games = active.games()

@@ -19,7 +19,7 @@ from shapley_svc.errors import ConfigError
 from shapley_svc.estimators.base import EstimatorSettings
 from shapley_svc.estimators.exact import ExactEstimator
 from shapley_svc.model.loading import tiny_model
-from shapley_svc.runner.driver import PreparedRun, run_job
+from shapley_svc.runner.driver import JobCancelledError, PreparedRun, run_job
 from shapley_svc.runner.executors import GameInfo, GameWorker, InProcessExecutor, WorkerSetup, build_games
 from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, dump_spec, parse_spec
 from shapley_svc.store import JobStatus, SQLiteStore
@@ -139,6 +139,28 @@ def test_resume_after_ctrl_c_gives_the_same_result_evaluating_nothing_twice(chec
     assert resumed.job_id == failed.id
     assert len(seen) == len(set(seen)) == 16 + 256, "a cached coalition was evaluated again"
     assert stored(spec.store.path, resumed.job_id) == stored(reference_spec.store.path, reference.job_id)
+
+
+def test_a_cancelled_job_is_never_run_again_and_resume_starts_a_new_one(checkpoint: Path, tmp_path: Path) -> None:
+    spec = job_spec(checkpoint, tmp_path / "s.sqlite")
+    with SQLiteStore(spec.store.path) as store:
+        queued = store.create_job(spec.model_dump(mode="json"))
+        store.update_job(queued.id, status=JobStatus.RUNNING)  # a service worker took it ...
+        store.update_job(queued.id, status=JobStatus.CANCELLED)  # ... and a cancel landed before run_job began
+        seen: list[bytes] = []
+        with pytest.raises(JobCancelledError):
+            run_job(
+                spec,
+                estimator_factory=exact_factory(),
+                executor=counting_executor(spec, seen),
+                store=store,
+                job_id=queued.id,
+                resume=True,
+                progress_bar=False,
+            )
+        assert seen == [] and store.get_job(queued.id).status is JobStatus.CANCELLED
+        resumed = run_job(spec, estimator_factory=exact_factory(), store=store, resume=True, progress_bar=False)
+        assert resumed.job_id != queued.id and store.get_job(queued.id).status is JobStatus.CANCELLED
 
 
 def test_spec_estimator_params_and_stopping_rule_drive_the_run(
