@@ -324,10 +324,17 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 seeds, budgets 5n and 20n, fewer games")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--games", default=None, help="comma-separated game names to run (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     games_dir = args.games_dir if args.games_dir.is_absolute() else REPO_ROOT / args.games_dir
-    games = build_games(games_dir, args.quick).values()
+    games = list(build_games(games_dir, args.quick).values())
+    if args.games:
+        wanted = args.games.split(",")
+        unknown = sorted(set(wanted) - {game.name for game in games})
+        if unknown:
+            parser.error(f"unknown games {unknown}; choose from {[game.name for game in games]}")
+        games = [game for game in games if game.name in wanted]
     factors, seeds = ((5, 20), 3) if args.quick else (BUDGET_FACTORS, args.seeds)
     jobs = [
         (game.name, side, method, factor * game.n_players, seed)

@@ -37,7 +37,7 @@ REGISTRY: dict[str, EstimatorEntry] = {
     "structured_gp": EstimatorEntry(
         "structured_gp",
         "StructuredGPEstimator",
-        "Bayesian quadrature: additive + size + local + heredity priors, paired design (recommended)",
+        "Bayesian quadrature: additive + size + local + heredity priors, designed pairs (recommended)",
     ),
     "heredity_gp": EstimatorEntry(
         "gp", "HeredityGPEstimator", "Bayesian regression, effect-heredity prior, misfit term, paired design"

@@ -14,7 +14,13 @@ in closed form, so the posterior mean and sd of phi come without enumerating any
   KernelSHAP |phi_j| (effect heredity) or constant (no preferred players), see ``gp.py``.
 Each structure's weight (0 = off) and shape are chosen by marginal likelihood on the first pairs in design
 order (coordinate ascent over a fixed grid), so a structure the game lacks gets weight 0; the same grid
-serves every game. Coalitions: the paired KernelSHAP design (``samplers.py``). Exact on games whose odd part
+serves every game. Coalitions, always in complementary pairs: a first round from the paired KernelSHAP design
+(``samplers.py``; 15% of the budget, at least 2n + 2), then ``DESIGN_ROUNDS`` rounds chosen greedily from random
+candidates to shrink the posterior variance of phi (summed over players, and over tasks relative to each
+task's current total) under the structure fitted so far: Bayesian experimental design. The posterior
+variance does not depend on the values, so picking a round's pairs together equals picking them one by one;
+rounds only refresh the structure. On the shipped demo table this halves the error of the same prior on
+random pairs at 10n (benchmarks/RESULTS.md). Exact on games whose odd part
 is additive (interactions of order <= 2); efficiency holds up to numerical jitter, because the (empty, full)
 pair is observed without noise and every prior satisfies efficiency. Stderr: the posterior sd.
 References: O'Hagan 1991 (Bayes-Hermite quadrature); Chipman 1996 (effect heredity); Covert & Lee 2021
@@ -27,9 +33,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shapley_svc.estimators.base import EstimatorSettings
+from shapley_svc.estimators.base import EstimatorSettings, coalition_key, full_and_empty
 from shapley_svc.estimators.gp import HeredityPrior, complementary_pairs, elementary_symmetric_leave_one_out
 from shapley_svc.estimators.kernel import PairedDesignEstimator, constrained_additive_fit
+from shapley_svc.estimators.samplers import enumerate_sizes, sample_paired
+from shapley_svc.types import Coalitions
 
 HEREDITY_SCALES = (0.3, 0.6, 1.2, 2.4, 4.8)  # c * n, rho_j = c h_j
 UNIFORM_SCALES = (0.6, 1.2, 2.4, 4.8)  # c * n, rho_j = c
@@ -40,6 +48,10 @@ VARIANCES = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # in units of th
 SWEEPS = 2
 HYPERPARAMETER_SUBSAMPLE = 200
 JITTER = 1e-9
+FIRST_ROUND_SHARE = 0.15  # of the budget, at least 2n + 2: enough pairs to fit the structure the design uses
+DESIGN_ROUNDS = 4  # designed rounds after the first; each refits the structure
+CANDIDATES_PER_PAIR = 20
+MAX_CANDIDATES = 1500
 
 
 class Component(Protocol):
@@ -240,37 +252,135 @@ def structured_posterior(
     return cross.T @ weights, np.sqrt(np.maximum(prior - (whitened**2).sum(axis=0), 0.0))
 
 
+def _weighted(components: list[tuple[float, Component]], method: str, *rows: np.ndarray) -> np.ndarray:
+    return sum(weight * getattr(component, method)(*rows) for weight, component in components)
+
+
+def greedy_design(
+    signs: np.ndarray, candidates: np.ndarray, task_components: list[list[tuple[float, Component]]], count: int
+) -> list[int]:
+    """Indices of up to ``count`` candidate sign rows (float[c, n]) that most shrink the posterior variance of phi.
+
+    ``signs`` float[p, n] are the pairs observed so far; each task's reduction is relative to its current
+    total variance. Greedy with rank-one updates of the candidates' joint posterior.
+    """
+    states = []
+    for components in task_components:
+        gram = _weighted(components, "gram", signs, signs)
+        factor = np.linalg.cholesky(gram + JITTER * np.trace(gram) / len(gram) * np.eye(len(gram)))
+        to_candidates = np.linalg.solve(factor, _weighted(components, "gram", signs, candidates))
+        to_phi = np.linalg.solve(factor, _weighted(components, "cross", signs))
+        covariance = _weighted(components, "gram", candidates, candidates) - to_candidates.T @ to_candidates
+        with_phi = _weighted(components, "cross", candidates) - to_candidates.T @ to_phi  # [c, n]
+        total = float(np.maximum(_weighted(components, "prior_variance") - (to_phi**2).sum(axis=0), 0.0).sum())
+        states.append([covariance, with_phi, total or 1.0])
+    picked: list[int] = []
+    available = np.ones(len(candidates), dtype=bool)
+    for _ in range(min(count, len(candidates))):
+        gain = np.zeros(len(candidates))
+        for covariance, with_phi, total in states:
+            gain += (with_phi**2).sum(axis=1) / np.maximum(np.diag(covariance), 1e-12) / total
+        gain[~available] = -np.inf
+        best = int(np.argmax(gain))
+        picked.append(best)
+        available[best] = False
+        for state in states:
+            covariance, with_phi, _ = state
+            column = covariance[:, best].copy()
+            pivot = max(column[best], 1e-12)
+            state[0] = covariance - np.outer(column, column) / pivot
+            state[1] = with_phi - np.outer(column, with_phi[best]) / pivot
+    return picked
+
+
 class StructuredGPEstimator(PairedDesignEstimator):
-    """Paired-design coalitions, posterior of phi under the structured prior (see module docstring)."""
+    """Designed pairs of coalitions, posterior of phi under the structured prior (see module docstring)."""
 
     name = "structured_gp"
 
     def __init__(self, settings: EstimatorSettings, round_size: int | None = None) -> None:
-        super().__init__(settings, round_size)
+        n = settings.n_players
+        self.first_round = min(settings.budget, max(2 * n + 2, int(FIRST_ROUND_SHARE * settings.budget)))
+        designed = -(-(settings.budget - self.first_round) // DESIGN_ROUNDS)
+        super().__init__(settings, round_size if round_size is not None else max(2, designed))
         self.chosen_structure: list[dict[str, tuple[int, float]]] = []
 
     def params(self) -> dict[str, Any]:
-        """Budget, round size and, per task, the (shape index, variance) chosen for each structure."""
-        return {**super().params(), "structure": self.chosen_structure}
+        """Budget, round sizes and, per task, the (shape index, variance) chosen for each structure."""
+        return {**super().params(), "first_round": self.first_round, "structure": self.chosen_structure}
+
+    def _plan_round(self) -> Coalitions | None:
+        n = self.n_players
+        if self.rounds_started == 0:
+            rows = [*full_and_empty(n), *enumerate_sizes(n, self.exact_sizes)][: self.budget]
+            self._taken.update(coalition_key(row) for row in rows)
+            count = self.first_round - len(rows)
+            rows += sample_paired(n, self.sampled_sizes, self.size_weights, count, self.rng, self._taken)
+        else:
+            rows = self._designed_round(min(self.round_size, self.budget - len(self._taken)) // 2)
+        if not rows:
+            return None
+        self._order.extend(rows)
+        return np.array(rows)
+
+    def _designed_round(self, pairs: int) -> list[np.ndarray]:
+        """``pairs`` new complementary pairs picked by ``greedy_design`` from random candidates."""
+        if pairs <= 0:
+            return []
+        coalitions, values = self.observed()
+        signs, odd_parts, _ = complementary_pairs(coalitions, values)
+        pilot = self._pilot(coalitions, values)
+        task_components = [self._fit(signs, odd_parts[:, task], pilot[task])[0] for task in range(values.shape[1])]
+        candidates = self._candidates(min(MAX_CANDIDATES, CANDIDATES_PER_PAIR * pairs))
+        if not candidates:
+            return []
+        chosen = greedy_design(signs, np.where(candidates, 1.0, -1.0), task_components, pairs)
+        rows = [row for index in chosen for row in (candidates[index], ~candidates[index])]
+        self._taken.update(coalition_key(row) for row in rows)
+        return rows
+
+    def _candidates(self, count: int) -> list[np.ndarray]:
+        """Up to ``count`` random coalitions, sizes uniform over the sampled ones, none of whose pair is taken."""
+        sizes = self.sampled_sizes or list(range(1, self.n_players))
+        rows: list[np.ndarray] = []
+        seen = set(self._taken)
+        for _ in range(20 * count):
+            if len(rows) == count:
+                break
+            row = np.zeros(self.n_players, dtype=bool)
+            row[self.rng.choice(self.n_players, sizes[self.rng.integers(len(sizes))], replace=False)] = True
+            if coalition_key(row) in seen or coalition_key(~row) in seen:
+                continue
+            seen.update((coalition_key(row), coalition_key(~row)))
+            rows.append(row)
+        return rows
+
+    def _pilot(self, coalitions: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Paired KernelSHAP estimates float[t, n]: the heredity structure's main-effect scores."""
+        return constrained_additive_fit(coalitions, values, self.regression_weights(coalitions), values[0], values[1])
+
+    def _fit(
+        self, signs: np.ndarray, odd_parts: np.ndarray, pilot: np.ndarray
+    ) -> tuple[list[tuple[float, Component]], dict[str, tuple[int, float]], float]:
+        """One task's prior on its odd parts scaled to unit spread: components, chosen structure, the spread."""
+        spread = float(odd_parts.std()) or 1.0
+        scores = np.abs(pilot)
+        norm = float(np.sqrt(np.mean(scores**2)))
+        scores = scores / norm if norm > 0 else np.ones(self.n_players)
+        families = structure_families(self.n_players, scores)
+        structure = choose_structure(signs, odd_parts / spread, families)
+        components: list[tuple[float, Component]] = [(1.0, AdditiveComponent(self.n_players))]
+        components += [(variance, families[family][shape]) for family, (shape, variance) in structure.items()]
+        return [(weight, component) for weight, component in components if weight > 0], structure, spread
 
     def _estimate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         coalitions, values = self.observed()
-        pilot = constrained_additive_fit(
-            coalitions, values, self.regression_weights(coalitions), values[0], values[1]
-        )
+        pilot = self._pilot(coalitions, values)
         signs, odd_parts, _ = complementary_pairs(coalitions, values)
         means, sds, chosen = [], [], []
         for task in range(values.shape[1]):
-            spread = float(odd_parts[:, task].std()) or 1.0
-            targets = odd_parts[:, task] / spread
-            scores = np.abs(pilot[task])
-            norm = float(np.sqrt(np.mean(scores**2)))
-            scores = scores / norm if norm > 0 else np.ones(self.n_players)
-            families = structure_families(self.n_players, scores)
-            structure = choose_structure(signs, targets, families)
-            components: list[tuple[float, Component]] = [(1.0, AdditiveComponent(self.n_players))]
-            components += [(variance, families[family][shape]) for family, (shape, variance) in structure.items()]
-            mean, sd = structured_posterior(signs, targets, [(w, c) for w, c in components if w > 0])
+            components, structure, spread = self._fit(signs, odd_parts[:, task], pilot[task])
+            mean, sd = structured_posterior(signs, odd_parts[:, task] / spread, components)
             means.append(mean * spread)
             sds.append(sd * spread)
             chosen.append(structure)
