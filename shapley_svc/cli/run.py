@@ -20,13 +20,22 @@ DEFAULT_BUDGET_PER_PLAYER = 5
 SHAPLEY_LABEL = "shapley"
 
 
+class _DefaultsWhereKnown(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends the default to an option's help unless it is None or False (their help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``run`` subcommand."""
     parser = subparsers.add_parser(
         "run",
         help="value every block (or sublayer) of a model on a corpus and print the rankings",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsWhereKnown,
     )
     parser.add_argument("--model", default="demo", help="'demo', a Hugging Face hub id or a local checkpoint folder")
     parser.add_argument(
@@ -36,7 +45,12 @@ def register(subparsers: Any) -> None:
         help="weights dtype (default: float32 on CPU, where bf16 without AVX-512 BF16 runs slower; bfloat16 on CUDA)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N on each worker")
-    parser.add_argument("--granularity", default="block", choices=("block", "sublayer"))
+    parser.add_argument(
+        "--granularity",
+        default="block",
+        choices=("block", "sublayer"),
+        help="players: decoder blocks, or each block's attention and MLP",
+    )
     parser.add_argument(
         "--corpus",
         default=None,
@@ -56,7 +70,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help=f"coalition evaluations (default {DEFAULT_BUDGET_PER_PLAYER} x players)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the estimator's sampling")
     parser.add_argument(
         "--executor", default="ray", choices=("ray", "local"), help="local Ray actor pool or in process"
     )
