@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shapley_svc.service.client import Client
-from shapley_svc.service.schemas import JobInfo
-from shapley_svc.service.settings import load_settings
+from shapley_svc.errors import ConfigError
+
+if TYPE_CHECKING:  # the service extra (httpx) is imported when a command connects, not when the CLI starts
+    from shapley_svc.service.client import Client
+    from shapley_svc.service.schemas import JobInfo
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,13 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def connect(args: argparse.Namespace) -> Client:
     """A client for the server the arguments, environment and settings file name."""
+    try:
+        from shapley_svc.service.client import Client
+    except ImportError as error:
+        message = f"{error}: talking to a server needs the service extra: pip install 'shapley-svc[service]'"
+        raise ConfigError(message) from error
+    from shapley_svc.service.settings import load_settings
+
     settings = load_settings(args.settings, overrides={"url": args.url})
     token = settings.token.get_secret_value() if settings.token is not None else None
     return Client(settings.url, token)

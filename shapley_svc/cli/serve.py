@@ -9,7 +9,7 @@ import argparse
 import logging
 from typing import Any
 
-from shapley_svc.service.settings import load_settings
+from shapley_svc.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -28,9 +28,13 @@ def register(subparsers: Any) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Check the settings, then serve until interrupted."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from shapley_svc.service.app import create_app
+        from shapley_svc.service.app import create_app
+    except ImportError as error:
+        raise ConfigError(f"{error}: the server needs the service extra: pip install 'shapley-svc[service]'") from error
+    from shapley_svc.service.settings import load_settings
 
     settings = load_settings(
         args.settings,
