@@ -37,9 +37,7 @@ class Granularity(enum.StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise ConfigError(
-                f"unknown granularity {value!r}: use one of {', '.join(g.value for g in cls)}"
-            ) from None
+            raise ConfigError(f"unknown granularity {value!r}: use one of {', '.join(g.value for g in cls)}") from None
 
 
 @dataclass(frozen=True)

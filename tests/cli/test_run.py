@@ -52,9 +52,10 @@ def test_run_writes_every_ranking_and_caches_values(
     again = run_cli(tiny_folder, tmp_path, capsys)
     assert again["job_id"] != summary["job_id"]
     assert all(run["evaluated"] == 0 for run in again["runs"]), "a repeated run must be served by the value cache"
-    assert RankingSet.load(tmp_path / "rankings.json").find("leave_one_out").scores == rankings.find(
-        "leave_one_out"
-    ).scores
+    assert (
+        RankingSet.load(tmp_path / "rankings.json").find("leave_one_out").scores
+        == rankings.find("leave_one_out").scores
+    )
 
 
 def test_run_refuses_an_unknown_estimator_in_one_line(
