@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (4 layers) saved with save_pretrained: a local model folder a spec can name."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    loaded = tiny_model("llama", num_layers=4, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session", params=["llama", "mistral", "qwen2"])

@@ -8,25 +8,14 @@ from pathlib import Path
 import pytest
 
 from shapley_svc.cli import main
-from shapley_svc.model.loading import tiny_model
 from shapley_svc.ranking import RankingSet
 from shapley_svc.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer random Llama saved with its tokenizer, as a user's local checkpoint would be."""
-    folder = tmp_path_factory.mktemp("tiny")
-    loaded = tiny_model("llama", num_layers=4, seed=0)
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def run_cli(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
+def run_cli(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
     code = main(
         [
-            "run", "--model", str(tiny_folder), "--dtype", "float32", "--executor", "local", "--corpus", "lambada",
+            "run", "--model", str(tiny_checkpoint), "--dtype", "float32", "--executor", "local", "--corpus", "lambada",
             "--windows", "2", "--window", "32", "--budget", "12", "--store", str(tmp_path / "store.sqlite"),
             "--out", str(tmp_path / "rankings.json"), "--no-progress", *extra,
         ]
@@ -36,9 +25,9 @@ def run_cli(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_run_writes_every_ranking_and_caches_values(
-    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    summary = run_cli(tiny_folder, tmp_path, capsys)
+    summary = run_cli(tiny_checkpoint, tmp_path, capsys)
     rankings = RankingSet.load(tmp_path / "rankings.json")
     methods = {ranking.method for ranking in rankings.rankings}
     assert {"leave_one_out", "block_influence", "angular_distance", "relative_update_norm"} <= methods
@@ -49,7 +38,7 @@ def test_run_writes_every_ranking_and_caches_values(
     with SQLiteStore(tmp_path / "store.sqlite") as store:
         assert len(store.get_results(summary["job_id"])) == 2
 
-    again = run_cli(tiny_folder, tmp_path, capsys)
+    again = run_cli(tiny_checkpoint, tmp_path, capsys)
     assert again["job_id"] != summary["job_id"]
     assert all(run["evaluated"] == 0 for run in again["runs"]), "a repeated run must be served by the value cache"
     assert (
@@ -59,9 +48,9 @@ def test_run_writes_every_ranking_and_caches_values(
 
 
 def test_run_refuses_an_unknown_estimator_in_one_line(
-    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["run", "--model", str(tiny_folder), "--executor", "local", "--estimator", "permutaton",
+    code = main(["run", "--model", str(tiny_checkpoint), "--executor", "local", "--estimator", "permutaton",
                  "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r.json")])  # fmt: skip
     assert code == 2
     error = capsys.readouterr().err

@@ -20,7 +20,6 @@ import pytest
 
 from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.errors import ModelLoadError
-from shapley_svc.model.loading import tiny_model
 from shapley_svc.runner.driver import JobOutcome, run_job
 from shapley_svc.runner.executors import Chunk, ChunkResult, GameWorker, RayActorPool, WorkerSetup
 from shapley_svc.spec import JobSpec, parse_spec
@@ -40,15 +39,6 @@ def local_ray() -> Iterator[None]:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    loaded = tiny_model("llama", num_layers=4, seed=0)
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def job(model: Path, store: Path, kind: str) -> JobSpec:
     """Blocks and sublayers, two seeded estimators, a stopping rule; on Ray or in process."""
     task = {"corpus": "wikitext2", "data_dir": str(default_data_dir()), "window": 32, "windows": 2}
@@ -66,17 +56,17 @@ def job(model: Path, store: Path, kind: str) -> JobSpec:
 
 
 @pytest.fixture(scope="module")
-def pool(local_ray: None, model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayActorPool]:
-    spec = job(model_folder, tmp_path_factory.mktemp("unused") / "s.sqlite", "ray")
+def pool(local_ray: None, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayActorPool]:
+    spec = job(tiny_checkpoint, tmp_path_factory.mktemp("unused") / "s.sqlite", "ray")
     started = RayActorPool(WorkerSetup.from_spec(spec), spec.executor)
     yield started
     started.close()
 
 
 @pytest.fixture(scope="module")
-def in_process(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobOutcome, dict]:
+def in_process(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobOutcome, dict]:
     """The reference: the same job in this process, and its stored results."""
-    spec = job(model_folder, tmp_path_factory.mktemp("local") / "local.sqlite", "local")
+    spec = job(tiny_checkpoint, tmp_path_factory.mktemp("local") / "local.sqlite", "local")
     outcome = run_job(spec, progress_bar=False)
     return outcome, stored(Path(spec.store.path), outcome.job_id)
 
@@ -116,9 +106,9 @@ class KillingPool:
         return results
 
 
-def test_pool_values_equal_in_process_values(pool: RayActorPool, model_folder: Path) -> None:
+def test_pool_values_equal_in_process_values(pool: RayActorPool, tiny_checkpoint: Path) -> None:
     coalitions = np.random.default_rng(0).random((12, 8)) < 0.5
-    setup = WorkerSetup.from_spec(job(model_folder, model_folder / "unused.sqlite", "local"))
+    setup = WorkerSetup.from_spec(job(tiny_checkpoint, tiny_checkpoint / "unused.sqlite", "local"))
     expected = GameWorker.from_setup(setup).evaluate("sublayer", coalitions)
     assert pool.games()["sublayer"].n_players == 8
     for index, start in enumerate(range(0, 12, 4)):
@@ -133,10 +123,10 @@ def test_pool_values_equal_in_process_values(pool: RayActorPool, model_folder: P
 
 
 def test_job_on_two_actors_equals_the_in_process_job(
-    pool: RayActorPool, model_folder: Path, tmp_path: Path, in_process: tuple[JobOutcome, dict]
+    pool: RayActorPool, tiny_checkpoint: Path, tmp_path: Path, in_process: tuple[JobOutcome, dict]
 ) -> None:
     reference, reference_results = in_process
-    spec = job(model_folder, tmp_path / "ray.sqlite", "ray")
+    spec = job(tiny_checkpoint, tmp_path / "ray.sqlite", "ray")
     distributed = run_job(spec, executor=pool, progress_bar=False)
     assert len(reference_results) == 4
     assert stored(tmp_path / "ray.sqlite", distributed.job_id) == reference_results
@@ -144,10 +134,10 @@ def test_job_on_two_actors_equals_the_in_process_job(
 
 
 def test_killed_actor_is_replaced_and_the_job_keeps_its_result_and_evaluation_count(
-    pool: RayActorPool, model_folder: Path, tmp_path: Path, in_process: tuple[JobOutcome, dict]
+    pool: RayActorPool, tiny_checkpoint: Path, tmp_path: Path, in_process: tuple[JobOutcome, dict]
 ) -> None:
     reference, reference_results = in_process
-    spec = job(model_folder, tmp_path / "ray.sqlite", "ray")
+    spec = job(tiny_checkpoint, tmp_path / "ray.sqlite", "ray")
     killing = KillingPool(pool)
     restarts = pool.restarts
     distributed = run_job(spec, executor=killing, progress_bar=False)

@@ -10,19 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import shapley_svc.cli as cli
-from shapley_svc.model.loading import tiny_model
 from shapley_svc.ranking import Ranking, RankingSet
 
 FAST = ["--window", "32", "--calibration-windows", "4:2", "--judge-windows", "8:2", "--latency-repeats", "1"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    loaded = tiny_model("llama", num_layers=4, seed=0)
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +21,15 @@ def only_prune(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "SUBCOMMANDS", ("prune",))
 
 
-def test_explicit_lists_with_recovery(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explicit_lists_with_recovery(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "pruned"
     code = cli.main(
         [
             "prune",
             "--model",
-            str(model_dir),
+            str(tiny_checkpoint),
             "--blocks",
             "2",
             "--attn",
@@ -64,7 +56,7 @@ def test_explicit_lists_with_recovery(model_dir: Path, tmp_path: Path, capsys: p
 
 
 def test_ranking_file_with_method_and_protection(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     players = tuple(f"layer{i}.block" for i in range(4))
     meta = {"corpus": "wikitext2", "window": 32, "first_window": 0, "windows": 4}
@@ -93,7 +85,7 @@ def test_ranking_file_with_method_and_protection(
         [
             "prune",
             "--model",
-            str(model_dir),
+            str(tiny_checkpoint),
             "--ranking",
             str(tmp_path / "rankings.json"),
             "--method",
@@ -116,7 +108,7 @@ def test_ranking_file_with_method_and_protection(
         [
             "prune",
             "--model",
-            str(model_dir),
+            str(tiny_checkpoint),
             "--ranking",
             str(tmp_path / "rankings.json"),
             "--count",
@@ -140,9 +132,9 @@ def test_ranking_file_with_method_and_protection(
     ],
 )
 def test_bad_input_is_one_line(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    code = cli.main(["prune", "--model", str(model_dir), "--out", str(tmp_path / "o"), *arguments, *FAST])
+    code = cli.main(["prune", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o"), *arguments, *FAST])
     error = capsys.readouterr().err
     last = error.strip().splitlines()[-1]
     assert code == 2 and message in last and last.startswith("shapley-svc prune: error:")

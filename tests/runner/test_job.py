@@ -18,7 +18,6 @@ from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.errors import ConfigError
 from shapley_svc.estimators.base import EstimatorSettings
 from shapley_svc.estimators.exact import ExactEstimator
-from shapley_svc.model.loading import tiny_model
 from shapley_svc.runner.driver import JobCancelledError, PreparedRun, run_job
 from shapley_svc.runner.executors import GameInfo, GameWorker, InProcessExecutor, WorkerSetup, build_games
 from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, dump_spec, parse_spec
@@ -26,20 +25,11 @@ from shapley_svc.store import JobStatus, SQLiteStore
 from shapley_svc.types import Coalitions, Values
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    loaded = tiny_model("llama", num_layers=4, seed=0)
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def job_spec(checkpoint: Path, store: Path) -> JobSpec:
+def job_spec(tiny_checkpoint: Path, store: Path) -> JobSpec:
     task = {"corpus": "wikitext2", "data_dir": str(default_data_dir()), "window": 32, "windows": 2}
     return parse_spec(
         {
-            "model": {"name": str(checkpoint), "dtype": "float32"},
+            "model": {"name": str(tiny_checkpoint), "dtype": "float32"},
             "players": {"granularities": ["block", "sublayer"]},
             "tasks": [{"name": "lm_loss", "params": task}],
             "estimators": [{"name": "exact", "seed": 0}],
@@ -102,8 +92,10 @@ def stored(store_path: Path, job_id: str) -> dict[tuple[str, str, str], dict]:
     return results
 
 
-def test_job_stores_a_result_per_granularity_and_task_and_reruns_from_cache(checkpoint: Path, tmp_path: Path) -> None:
-    spec = job_spec(checkpoint, tmp_path / "s.sqlite")
+def test_job_stores_a_result_per_granularity_and_task_and_reruns_from_cache(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite")
     seen: list[bytes] = []
     first = run_job(spec, estimator_factory=exact_factory(), executor=counting_executor(spec, seen), progress_bar=False)
     assert [run.stats.evaluated for run in first.runs] == [16, 256]
@@ -121,10 +113,12 @@ def test_job_stores_a_result_per_granularity_and_task_and_reruns_from_cache(chec
         assert store.get_job(second.job_id).status is JobStatus.SUCCEEDED
 
 
-def test_resume_after_ctrl_c_gives_the_same_result_evaluating_nothing_twice(checkpoint: Path, tmp_path: Path) -> None:
-    reference_spec = job_spec(checkpoint, tmp_path / "reference.sqlite")
+def test_resume_after_ctrl_c_gives_the_same_result_evaluating_nothing_twice(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    reference_spec = job_spec(tiny_checkpoint, tmp_path / "reference.sqlite")
     reference = run_job(reference_spec, estimator_factory=exact_factory(), progress_bar=False)
-    spec = job_spec(checkpoint, tmp_path / "s.sqlite")
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite")
     seen: list[bytes] = []
     with pytest.raises(KeyboardInterrupt):
         run_job(spec, estimator_factory=exact_factory(5), executor=counting_executor(spec, seen), progress_bar=False)
@@ -141,8 +135,8 @@ def test_resume_after_ctrl_c_gives_the_same_result_evaluating_nothing_twice(chec
     assert stored(spec.store.path, resumed.job_id) == stored(reference_spec.store.path, reference.job_id)
 
 
-def test_a_cancelled_job_is_never_run_again_and_resume_starts_a_new_one(checkpoint: Path, tmp_path: Path) -> None:
-    spec = job_spec(checkpoint, tmp_path / "s.sqlite")
+def test_a_cancelled_job_is_never_run_again_and_resume_starts_a_new_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite")
     with SQLiteStore(spec.store.path) as store:
         queued = store.create_job(spec.model_dump(mode="json"))
         store.update_job(queued.id, status=JobStatus.RUNNING)  # a service worker took it ...
@@ -164,9 +158,9 @@ def test_a_cancelled_job_is_never_run_again_and_resume_starts_a_new_one(checkpoi
 
 
 def test_spec_estimator_params_and_stopping_rule_drive_the_run(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = job_spec(checkpoint, tmp_path / "s.sqlite").model_dump(mode="json")
+    data = job_spec(tiny_checkpoint, tmp_path / "s.sqlite").model_dump(mode="json")
     data["players"] = {"granularities": ["sublayer"]}
     data["estimators"] = [{"name": "permutation", "seed": 4, "params": {"walks_per_round": 2}}]
     data["budget"] = {"evaluations": 200, "stopping": [{"name": "max_evaluations", "params": {"limit": 30}}]}
@@ -217,10 +211,10 @@ run_job(spec, executor=Stalling(make_executor(spec)), progress_bar=False)
 
 
 def test_a_killed_driver_resumes_to_the_same_result_evaluating_no_cached_coalition(
-    checkpoint: Path, tmp_path: Path
+    tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     def seeded(store: Path) -> JobSpec:
-        data = job_spec(checkpoint, store).model_dump(mode="json")
+        data = job_spec(tiny_checkpoint, store).model_dump(mode="json")
         data["players"] = {"granularities": ["sublayer"]}
         data["estimators"] = [{"name": "permutation", "seed": 1}]
         data["budget"] = {"evaluations": 96}

@@ -8,19 +8,8 @@ from pathlib import Path
 import pytest
 from live_server import ThreadServer, job_spec, start_thread_server
 
-from shapley_svc.model.loading import tiny_model
 from shapley_svc.service import Client, JobHandle
 from shapley_svc.store.base import JobStatus
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama (4 layers) saved with save_pretrained: a local model folder a spec can name."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    loaded = tiny_model("llama", num_layers=4, seed=0)
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
