@@ -471,6 +471,7 @@ def _run_one(
     finished = [{"granularity": run.granularity, "estimator": run.estimator} | run.stats.as_dict() for run in done]
 
     def on_progress(stats: RunStats) -> None:
+        """Report progress while the job runs; once it is cancelled the write fails and the run stops."""
         store.update_job(
             job_id,
             progress={
@@ -478,6 +479,7 @@ def _run_one(
                 "current": {"granularity": game.key, "estimator": estimator_spec.key, "budget": spec.budget.evaluations}
                 | stats.as_dict(),
             },
+            only_from=[JobStatus.RUNNING],
         )
 
     def should_cancel() -> bool:

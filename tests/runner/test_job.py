@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,42 @@ def test_a_cancelled_job_is_never_run_again_and_resume_starts_a_new_one(tiny_che
         assert seen == [] and store.get_job(queued.id).status is JobStatus.CANCELLED
         resumed = run_job(spec, estimator_factory=exact_factory(), store=store, resume=True, progress_bar=False)
         assert resumed.job_id != queued.id and store.get_job(queued.id).status is JobStatus.CANCELLED
+
+
+class CancellingOnFirstCall(Counting):
+    """A game that cancels the job in the store the first time it is asked for values (a user's cancel mid-run)."""
+
+    def __init__(self, game, store: SQLiteStore, job_id: str, cancelled_at: list[datetime]):
+        super().__init__(game, [])
+        self.store, self.job_id, self.cancelled_at = store, job_id, cancelled_at
+
+    def __call__(self, coalitions: Coalitions) -> Values:
+        if not self.cancelled_at:
+            self.cancelled_at.append(self.store.update_job(self.job_id, status=JobStatus.CANCELLED).updated_at)
+        return super().__call__(coalitions)
+
+
+def test_a_cancel_mid_run_stops_it_and_the_job_reports_nothing_after(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite")
+    with SQLiteStore(spec.store.path) as store:
+        job = store.create_job(spec.model_dump(mode="json"))
+        cancelled_at: list[datetime] = []
+        games = build_games(WorkerSetup.from_spec(spec))
+        executor = InProcessExecutor(
+            GameWorker({key: CancellingOnFirstCall(game, store, job.id, cancelled_at) for key, game in games.items()})
+        )
+        with pytest.raises(JobCancelledError):
+            run_job(
+                spec,
+                estimator_factory=exact_factory(),
+                executor=executor,
+                store=store,
+                job_id=job.id,
+                resume=True,
+                progress_bar=False,
+            )
+        final = store.get_job(job.id)
+        assert final.status is JobStatus.CANCELLED and final.updated_at == cancelled_at[0], "progress written after"
 
 
 def test_spec_estimator_params_and_stopping_rule_drive_the_run(
