@@ -34,7 +34,7 @@ def test_a_restart_resumes_unfinished_jobs_and_keeps_every_job_result_and_cached
             done = client.submit(job_spec(tiny_checkpoint, name="done", arc=False))
             assert done.wait(progress=False, poll_interval=0.2, timeout=240).status is JobStatus.SUCCEEDED
             long = client.submit(
-                job_spec(tiny_checkpoint, name="long", granularities=("sublayer",), arc=False, windows=8)
+                job_spec(tiny_checkpoint, name="long", granularities=("sublayer",), arc=False, windows=48)
             )
             waiting = client.submit(job_spec(tiny_checkpoint, name="waiting", arc=False, first_window=9))
             deadline = time.monotonic() + 240
