@@ -15,7 +15,7 @@ in closed form, so the posterior mean and sd of phi come without enumerating any
 Each structure's weight (0 = off) and shape are chosen by marginal likelihood on the first pairs in design
 order (coordinate ascent over a fixed grid), so a structure the game lacks gets weight 0; the same grid
 serves every game. Coalitions, always in complementary pairs: a first round from the paired KernelSHAP design
-(``samplers.py``; 15% of the budget, at least 2n + 2), then ``DESIGN_ROUNDS`` rounds chosen greedily from random
+(``samplers.py``; 15% of the budget, at least 2n + 2, always with every singleton and its complement), then ``DESIGN_ROUNDS`` rounds chosen greedily from random
 candidates to shrink the posterior variance of phi (summed over players, and over tasks relative to each
 task's current total) under the structure fitted so far: Bayesian experimental design. The posterior
 variance does not depend on the values, so picking a round's pairs together equals picking them one by one;
@@ -44,7 +44,7 @@ UNIFORM_SCALES = (0.6, 1.2, 2.4, 4.8)  # c * n, rho_j = c
 SIZE_LENGTHS = (0.0, 0.05, 0.15, 0.4)  # length scale on m / n; 0: a free value per size
 LOCAL_WIDTHS = (3, 4, 6, 8)
 LOCAL_RHOS = (0.5, 0.9)
-VARIANCES = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # in units of the odd parts' spread
+VARIANCES = (0.0, 1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # in units of the odd parts' spread
 SWEEPS = 2
 HYPERPARAMETER_SUBSAMPLE = 200
 JITTER = 1e-9
@@ -304,6 +304,11 @@ class StructuredGPEstimator(PairedDesignEstimator):
         self.first_round = min(settings.budget, max(2 * n + 2, int(FIRST_ROUND_SHARE * settings.budget)))
         designed = -(-(settings.budget - self.first_round) // DESIGN_ROUNDS)
         super().__init__(settings, round_size if round_size is not None else max(2, designed))
+        if not self.exact_sizes and self.first_round >= 2 * n + 2:
+            # every singleton and its complement: they pin both ends of the size axis, where layered games
+            # collapse, at no extra cost (the first round has room); KernelSHAP's rule enumerates them from ~10n
+            self.exact_sizes = sorted({1, n - 1})
+            self.sampled_sizes = list(range(2, n - 1))
         self.chosen_structure: list[dict[str, tuple[int, float]]] = []
 
     def params(self) -> dict[str, Any]:

@@ -111,3 +111,14 @@ def test_designed_rounds_stay_exact_on_a_pairwise_game_within_the_budget() -> No
     result = estimate(designed, game)
     assert result.params["first_round"] == 30 and result.evaluations_used <= 60
     np.testing.assert_allclose(result.values, game.shapley(), atol=1e-5)
+
+
+def test_first_round_holds_every_singleton_and_its_complement_once_they_fit() -> None:
+    n_players = 12
+    estimator = make_estimator("structured_gp", n_players, 5 * n_players, seed=0)  # KernelSHAP enumerates from ~10n
+    first_round = np.vstack([request.coalitions for request in estimator.ask(estimator.params()["first_round"])])
+    sizes = first_round.sum(axis=1)
+    assert len(first_round) == 2 * n_players + 2
+    np.testing.assert_array_equal(first_round[sizes == 1], np.eye(n_players, dtype=bool))
+    absent = np.argmax(~first_round[sizes == n_players - 1], axis=1)  # the one player each leaves out
+    np.testing.assert_array_equal(np.sort(absent), np.arange(n_players))
