@@ -60,6 +60,18 @@ def test_structure_stays_off_on_an_additive_game_and_size_turns_on_for_a_size_ga
     assert chosen["size"][1] > 0
 
 
+
+def test_weak_local_interactions_are_found_below_the_other_structures_grid() -> None:
+    rng = np.random.default_rng(0)
+    signs = np.where(rng.random((200, 16)) < 0.5, 1.0, -1.0)
+    families = structure_families(16, np.ones(16))
+    window = LocalComponent(16, 4, 0.9)  # at weight 3e-4 its variance is 1e-3 of the additive part's
+    gram = AdditiveComponent(16).gram(signs, signs) + 3e-4 * window.gram(signs, signs)
+    odd_parts = np.linalg.cholesky(gram + 1e-9 * np.eye(len(gram))) @ rng.standard_normal(len(gram))
+    chosen = choose_structure(signs, odd_parts, families)
+    assert 1e-4 <= chosen["local"][1] <= 1e-3
+    assert chosen["size"][1] == 0 and chosen["heredity"][1] == 0
+
 def test_default_is_structured_and_exact_on_additive_and_pairwise_games() -> None:
     assert DEFAULT_ESTIMATOR == "structured_gp"
     additive = AdditiveGame(np.array([[0.5, -1.0, 2.0, 0.0, 0.25, 1.5, -0.3], [1.0, 0.0, 0.3, -0.2, 0.0, 0.1, 0.4]]))
