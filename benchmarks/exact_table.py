@@ -5,7 +5,7 @@ capped language-modelling loss, then the exact Shapley values come from the whol
 for ``benchmarks/estimators.py --games-dir``: the shipped table is one game; these are others (other layers,
 sublayer players) of the same model. 2^n coalitions, so n <= 16; 12 players, 2 x 128 tokens: ~40 min on
 one core. Prints one JSON object on its last line.
-Usage: ``python benchmarks/exact_table.py --granularity sublayer --layers 24-29 --windows 2 --out DIR``
+Usage: ``python benchmarks/exact_table.py --granularity sublayer --layers 24-29 --windows 2 --out T.npz``
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=2, help="WikiText-2 test windows per coalition")
     parser.add_argument("--window", type=int, default=128, help="tokens per window")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the .npz")
+    parser.add_argument("--out", type=Path, required=True, help="the .npz to write (its stem names the game)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -69,15 +69,13 @@ def main() -> int:
     shapley = shapley_from_table(values[:, None])[0]
 
     names = [masked.player_names[index] for index in playing]
-    kind = "blocks" if args.granularity == "block" else "sublayers"
-    path = args.out / f"{Path(args.model).name}_{kind}{first}-{last}_wikitext.npz"
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     description = (
         f"{args.model} fp32, players {names} (every other {args.granularity} player present); value = minus the "
         f"mean capped next-token loss on {args.windows} x {args.window} WikiText-2 test tokens"
     )
     np.savez(
-        path,
+        args.out,
         coalitions=coalitions,
         values=values,
         shapley=shapley,
@@ -85,7 +83,7 @@ def main() -> int:
         description=np.array(description),
     )
     summary = {
-        "table": str(path),
+        "table": str(args.out),
         "players": names,
         "v_full": float(values[-1]),
         "v_empty": float(values[0]),
