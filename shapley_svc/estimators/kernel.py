@@ -37,10 +37,14 @@ class PairedDesignEstimator(Estimator):
         n = settings.n_players
         self.round_size = round_size if round_size is not None else max(4 * n, settings.budget // 4)
         self.size_weights = kernel_size_weights(n)
-        self.exact_sizes = enumerated_sizes(n, settings.budget, self.size_weights)
+        self.exact_sizes = self._enumerated_sizes()
         self.sampled_sizes = [s for s in range(1, n) if s not in self.exact_sizes]
         self._taken: set[bytes] = set()
         self._order: list[np.ndarray] = []  # every planned coalition, in planning order
+
+    def _enumerated_sizes(self) -> list[int]:
+        """Sizes whose every coalition the first round holds: KernelSHAP's rule, outermost first."""
+        return enumerated_sizes(self.n_players, self.budget, self.size_weights)
 
     def params(self) -> dict[str, Any]:
         """Budget and round size."""

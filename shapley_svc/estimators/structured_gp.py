@@ -15,12 +15,12 @@ in closed form, so the posterior mean and sd of phi come without enumerating any
 Each structure's weight (0 = off) and shape are chosen by marginal likelihood on the first pairs in design
 order (coordinate ascent over a fixed grid), so a structure the game lacks gets weight 0; the same grid
 serves every game. Coalitions, always in complementary pairs: a first round from the paired KernelSHAP design
-(``samplers.py``; 15% of the budget, at least 2n + 2, always with every singleton and its complement), then ``DESIGN_ROUNDS`` rounds chosen greedily from random
-candidates to shrink the posterior variance of phi (summed over players, and over tasks relative to each
-task's current total) under the structure fitted so far: Bayesian experimental design. The posterior
-variance does not depend on the values, so picking a round's pairs together equals picking them one by one;
-rounds only refresh the structure. On the shipped demo table this cuts the error of the same prior on
-random pairs by 40% at 10n (benchmarks/RESULTS.md). Exact on games whose odd part
+(``samplers.py``; 15% of the budget, at least 2n + 2, every singleton and its complement among them), then
+``DESIGN_ROUNDS`` rounds chosen greedily from random candidates to shrink the posterior variance of phi (summed
+over players, and over tasks relative to each task's current total) under the structure fitted so far:
+Bayesian experimental design. The posterior variance does not depend on the values, so picking a round's pairs
+together equals picking them one by one; rounds only refresh the structure. On the shipped demo table this cuts
+the error of the same prior on random pairs by 40% at 10n (benchmarks/RESULTS.md). Exact on games whose odd part
 is additive (interactions of order <= 2); efficiency holds up to numerical jitter, because the (empty, full)
 pair is observed without noise and every prior satisfies efficiency. Stderr: the posterior sd.
 References: O'Hagan 1991 (Bayes-Hermite quadrature); Chipman 1996 (effect heredity); Covert & Lee 2021
@@ -307,12 +307,13 @@ class StructuredGPEstimator(PairedDesignEstimator):
         self.first_round = min(settings.budget, max(2 * n + 2, int(FIRST_ROUND_SHARE * settings.budget)))
         designed = -(-(settings.budget - self.first_round) // DESIGN_ROUNDS)
         super().__init__(settings, round_size if round_size is not None else max(2, designed))
-        if not self.exact_sizes and self.first_round >= 2 * n + 2:
-            # every singleton and its complement: they pin both ends of the size axis, where layered games
-            # collapse, at no extra cost (the first round has room); KernelSHAP's rule enumerates them from ~10n
-            self.exact_sizes = sorted({1, n - 1})
-            self.sampled_sizes = list(range(2, n - 1))
         self.chosen_structure: list[dict[str, tuple[int, float]]] = []
+
+    def _enumerated_sizes(self) -> list[int]:
+        """KernelSHAP's rule, but sizes 1 and n - 1 as soon as the first round has room (2n + 2; the rule waits
+        until ~10n): they pin both ends of the size axis, where layered games collapse."""
+        sizes = super()._enumerated_sizes()
+        return sizes or (sorted({1, self.n_players - 1}) if self.first_round >= 2 * self.n_players + 2 else [])
 
     def params(self) -> dict[str, Any]:
         """Budget, round sizes and, per task, the (shape index, variance) chosen for each structure."""

@@ -60,7 +60,6 @@ def test_structure_stays_off_on_an_additive_game_and_size_turns_on_for_a_size_ga
     assert chosen["size"][1] > 0
 
 
-
 def test_weak_local_interactions_are_found_below_the_other_structures_grid() -> None:
     rng = np.random.default_rng(0)
     signs = np.where(rng.random((200, 16)) < 0.5, 1.0, -1.0)
@@ -71,6 +70,7 @@ def test_weak_local_interactions_are_found_below_the_other_structures_grid() -> 
     chosen = choose_structure(signs, odd_parts, families)
     assert 1e-4 <= chosen["local"][1] <= 1e-3
     assert chosen["size"][1] == 0 and chosen["heredity"][1] == 0
+
 
 def test_default_is_structured_and_exact_on_additive_and_pairwise_games() -> None:
     assert DEFAULT_ESTIMATOR == "structured_gp"
