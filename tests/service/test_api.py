@@ -157,9 +157,9 @@ def wait_until(condition, timeout: float = 120.0, interval: float = 0.1) -> None
 
 
 def test_two_jobs_at_once_stay_isolated(client: Client, tiny_checkpoint: Path) -> None:
-    slow = {"granularities": ("sublayer",), "arc": False, "windows": 6}
-    first = client.submit(job_spec(tiny_checkpoint, name="first", first_window=6, **slow))
-    second = client.submit(job_spec(tiny_checkpoint, name="second", first_window=12, **slow))
+    slow = {"granularities": ("sublayer",), "arc": False, "windows": 24}
+    first = client.submit(job_spec(tiny_checkpoint, name="first", first_window=24, **slow))
+    second = client.submit(job_spec(tiny_checkpoint, name="second", first_window=48, **slow))
 
     def both_evaluating() -> bool:
         jobs = [first.status(), second.status()]
@@ -177,7 +177,7 @@ def test_two_jobs_at_once_stay_isolated(client: Client, tiny_checkpoint: Path) -
     assert entry.params["provenance"]["job_id"] == first.id
     assert sum(entry.values) == pytest.approx(entry.v_full - entry.v_empty, abs=1e-9)
     assert second.result().results == [], "the cancelled job stored a result"
-    assert first.status().spec["tasks"][0]["params"]["first_window"] == 6
-    assert second.status().spec["tasks"][0]["params"]["first_window"] == 12
+    assert first.status().spec["tasks"][0]["params"]["first_window"] == 24
+    assert second.status().spec["tasks"][0]["params"]["first_window"] == 48
     time.sleep(1.5)  # a cancelled job reports nothing more once stopped
     assert second.status().updated_at == stopped.updated_at
