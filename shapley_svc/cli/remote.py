@@ -24,13 +24,17 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", default=None, metavar="FILE", help="settings file (YAML: url, token, ...)")
 
 
+def missing_service_extra(error: ImportError, what: str) -> ConfigError:
+    """The one-line error for a command that needs the service extra (httpx, fastapi, uvicorn) without it."""
+    return ConfigError(f"{error}: {what} needs the service extra: pip install 'shapley-svc[service]'")
+
+
 def connect(args: argparse.Namespace) -> Client:
     """A client for the server the arguments, environment and settings file name."""
     try:
         from shapley_svc.service.client import Client
     except ImportError as error:
-        message = f"{error}: talking to a server needs the service extra: pip install 'shapley-svc[service]'"
-        raise ConfigError(message) from error
+        raise missing_service_extra(error, "talking to a server") from error
     from shapley_svc.service.settings import load_settings
 
     settings = load_settings(args.settings, overrides={"url": args.url})

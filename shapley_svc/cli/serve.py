@@ -9,7 +9,7 @@ import argparse
 import logging
 from typing import Any
 
-from shapley_svc.errors import ConfigError
+from shapley_svc.cli.remote import missing_service_extra
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +33,7 @@ def serve(args: argparse.Namespace) -> int:
 
         from shapley_svc.service.app import create_app
     except ImportError as error:
-        raise ConfigError(f"{error}: the server needs the service extra: pip install 'shapley-svc[service]'") from error
+        raise missing_service_extra(error, "the server") from error
     from shapley_svc.service.settings import load_settings
 
     settings = load_settings(
