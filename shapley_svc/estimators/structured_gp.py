@@ -22,7 +22,8 @@ Bayesian experimental design. The posterior variance does not depend on the valu
 together equals picking them one by one; rounds only refresh the structure. On the shipped demo table this cuts
 the error of the same prior on random pairs by 40% at 10n (benchmarks/RESULTS.md). Exact on games whose odd part
 is additive (interactions of order <= 2); efficiency holds up to numerical jitter, because the (empty, full)
-pair is observed without noise and every prior satisfies efficiency. Stderr: the posterior sd.
+pair is observed without noise and every prior satisfies efficiency. Stderr: the larger of the posterior sd and a
+delete-one-pair jackknife sd (the posterior sd alone trusts the fitted prior, and was too small on real tables).
 References: O'Hagan 1991 (Bayes-Hermite quadrature); Chipman 1996 (effect heredity); Covert & Lee 2021
 (paired sampling).
 """
@@ -248,7 +249,11 @@ def _weighted(components: list[tuple[float, Component]], method: str, *rows: np.
 def structured_posterior(
     signs: np.ndarray, targets: np.ndarray, components: list[tuple[float, Component]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and sd of phi (float[n] each) given odd parts ``targets`` float[p] at sign rows."""
+    """Posterior mean of phi and its stderr (float[n] each) given odd parts ``targets`` float[p] at sign rows.
+
+    The stderr is the larger of the posterior sd, which trusts the fitted prior, and the delete-one-pair
+    jackknife sd, which does not (see ``jackknife_sd``).
+    """
     gram = _weighted(components, "gram", signs, signs)
     exact = np.abs(signs.sum(axis=1)) == signs.shape[1]  # the (empty, full) pair: no jitter, so efficiency holds
     gram += np.diag(np.where(exact, 0.0, JITTER * np.trace(gram) / len(gram)))
@@ -257,7 +262,29 @@ def structured_posterior(
     prior = _weighted(components, "prior_variance")
     weights = np.linalg.solve(factor.T, np.linalg.solve(factor, targets))
     whitened = np.linalg.solve(factor, cross)
-    return cross.T @ weights, np.sqrt(np.maximum(prior - (whitened**2).sum(axis=0), 0.0))
+    posterior_sd = np.sqrt(np.maximum(prior - (whitened**2).sum(axis=0), 0.0))
+    inverse_factor = np.linalg.solve(factor, np.eye(len(gram)))
+    smoother = whitened.T @ inverse_factor  # cross.T @ inverse(gram)
+    jackknife = jackknife_sd(smoother, weights, (inverse_factor**2).sum(axis=0), ~exact)
+    return cross.T @ weights, np.maximum(posterior_sd, jackknife)
+
+
+def jackknife_sd(
+    smoother: np.ndarray, weights: np.ndarray, inverse_diagonal: np.ndarray, free: np.ndarray
+) -> np.ndarray:
+    """Delete-one-pair jackknife sd float[n] of the posterior mean ``smoother @ targets`` (hyperparameters fixed).
+
+    Dropping pair j moves the mean by smoother[:, j] * weights[j] / inverse_diagonal[j] (the Gaussian-process
+    leave-one-out identity), so no refit is needed; pairs with ``free`` False (the exact pair) are never dropped.
+    On the real tables the posterior sd alone covered the error in 30-60% of players from 10n up (68% expected):
+    the design trusts the fitted prior; the jackknife covered 80-97% (benchmarks/RESULTS.md).
+    """
+    shifts = (smoother * (weights / inverse_diagonal))[:, free]  # [n, p_free]
+    count = shifts.shape[1]
+    if count < 2:
+        return np.zeros(len(smoother))
+    centred = shifts - shifts.mean(axis=1, keepdims=True)
+    return np.sqrt((count - 1) / count * (centred**2).sum(axis=1))
 
 
 def greedy_design(
