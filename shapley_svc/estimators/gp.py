@@ -88,14 +88,23 @@ class HeredityPrior:
         return 4 * ORDER1_VARIANCE + self.sigma2 * self.rho * (leave_out @ coefficients)
 
 
-def _log_marginal_likelihood(gram: np.ndarray, targets: np.ndarray) -> float:
+def _forward_substitution(lower: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Solve lower @ x = targets for a lower-triangular matrix (numpy has no triangular solver)."""
+    solution = np.zeros(len(targets))
+    for row in range(len(targets)):
+        solution[row] = (targets[row] - lower[row, :row] @ solution[:row]) / lower[row, row]
+    return solution
+
+
+def log_marginal_likelihood(gram: np.ndarray, targets: np.ndarray) -> float:
     """log N(targets | 0, gram) up to a constant; -inf when gram is not positive definite."""
+    jitter = JITTER * np.trace(gram) / len(gram)
     try:
-        factor = np.linalg.cholesky(gram + JITTER * np.trace(gram) / len(gram) * np.eye(len(gram)))
+        factor = np.linalg.cholesky(gram + jitter * np.eye(len(gram)))
     except np.linalg.LinAlgError:
         return -np.inf
-    solved = np.linalg.solve(factor, targets)
-    return float(-0.5 * solved @ solved - np.log(np.diag(factor)).sum())
+    whitened = _forward_substitution(factor, targets)
+    return float(-0.5 * whitened @ whitened - np.log(np.diag(factor)).sum())
 
 
 def heredity_posterior(
@@ -115,7 +124,7 @@ def heredity_posterior(
             for variance in INTERACTION_VARIANCES:
                 prior = HeredityPrior(scale / n * scores, variance)
                 gram = prior.kernel(subsample, subsample) + misfit * sub_misfit
-                likelihood = _log_marginal_likelihood(gram, sub_targets)
+                likelihood = log_marginal_likelihood(gram, sub_targets)
                 if likelihood > best[0]:
                     best = (likelihood, scale, variance, misfit)
     _, scale, variance, misfit = best

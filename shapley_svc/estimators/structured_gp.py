@@ -35,7 +35,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from shapley_svc.estimators.base import EstimatorSettings, coalition_key, full_and_empty
-from shapley_svc.estimators.gp import HeredityPrior, complementary_pairs, elementary_symmetric_leave_one_out
+from shapley_svc.estimators.gp import (
+    JITTER,
+    HeredityPrior,
+    complementary_pairs,
+    elementary_symmetric_leave_one_out,
+    log_marginal_likelihood,
+)
 from shapley_svc.estimators.kernel import PairedDesignEstimator, constrained_additive_fit
 from shapley_svc.estimators.samplers import enumerate_sizes, sample_paired
 from shapley_svc.types import Coalitions
@@ -51,7 +57,6 @@ VARIANCES = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # in units of th
 VARIANCE_GRIDS = {"size": VARIANCES, "heredity": VARIANCES, "local": (0.0, 1e-4, 3e-4, 0.001, *VARIANCES[1:])}
 SWEEPS = 2
 HYPERPARAMETER_SUBSAMPLE = 200
-JITTER = 1e-9
 FIRST_ROUND_SHARE = 0.15  # of the budget, at least 2n + 2: enough pairs to fit the structure the design uses
 DESIGN_ROUNDS = 4  # designed rounds after the first; each refits the structure
 CANDIDATES_PER_PAIR = 20
@@ -191,25 +196,6 @@ def structure_families(n_players: int, scores: np.ndarray) -> dict[str, list[Com
     }
 
 
-def _forward_substitution(lower: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Solve lower @ x = targets for a lower-triangular matrix (numpy has no triangular solver)."""
-    solution = np.zeros(len(targets))
-    for row in range(len(targets)):
-        solution[row] = (targets[row] - lower[row, :row] @ solution[:row]) / lower[row, row]
-    return solution
-
-
-def _log_marginal_likelihood(gram: np.ndarray, targets: np.ndarray) -> float:
-    """log N(targets | 0, gram) up to a constant; -inf when gram is not positive definite."""
-    jitter = JITTER * np.trace(gram) / len(gram)
-    try:
-        factor = np.linalg.cholesky(gram + jitter * np.eye(len(gram)))
-    except np.linalg.LinAlgError:
-        return -np.inf
-    whitened = _forward_substitution(factor, targets)
-    return float(-0.5 * whitened @ whitened - np.log(np.diag(factor)).sum())
-
-
 def choose_structure(
     signs: np.ndarray, targets: np.ndarray, families: dict[str, list[Component]]
 ) -> dict[str, tuple[int, float]]:
@@ -224,7 +210,7 @@ def choose_structure(
         for family, (shape, variance) in state.items():
             if variance > 0:
                 gram += variance * grams[family][shape]
-        return _log_marginal_likelihood(gram, values)
+        return log_marginal_likelihood(gram, values)
 
     best = likelihood(chosen)
     for _ in range(SWEEPS):
