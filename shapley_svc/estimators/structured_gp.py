@@ -243,13 +243,12 @@ def structured_posterior(
     gram = _weighted(components, "gram", signs, signs)
     exact = np.abs(signs.sum(axis=1)) == signs.shape[1]  # the (empty, full) pair: no jitter, so efficiency holds
     gram += np.diag(np.where(exact, 0.0, JITTER * np.trace(gram) / len(gram)))
-    factor = np.linalg.cholesky(gram)
+    inverse_factor = np.linalg.solve(np.linalg.cholesky(gram), np.eye(len(gram)))  # L^-1, gram = L L^T
     cross = _weighted(components, "cross", signs)  # [p, n]
     prior = _weighted(components, "prior_variance")
-    weights = np.linalg.solve(factor.T, np.linalg.solve(factor, targets))
-    whitened = np.linalg.solve(factor, cross)
+    weights = inverse_factor.T @ (inverse_factor @ targets)
+    whitened = inverse_factor @ cross
     posterior_sd = np.sqrt(np.maximum(prior - (whitened**2).sum(axis=0), 0.0))
-    inverse_factor = np.linalg.solve(factor, np.eye(len(gram)))
     smoother = whitened.T @ inverse_factor  # cross.T @ inverse(gram)
     jackknife = jackknife_sd(smoother, weights, (inverse_factor**2).sum(axis=0), ~exact)
     return cross.T @ weights, np.maximum(posterior_sd, jackknife)
@@ -262,8 +261,8 @@ def jackknife_sd(
 
     Dropping pair j moves the mean by smoother[:, j] * weights[j] / inverse_diagonal[j] (the Gaussian-process
     leave-one-out identity), so no refit is needed; pairs with ``free`` False (the exact pair) are never dropped.
-    On the real tables the posterior sd alone covered the error in 30-60% of players from 10n up (68% expected):
-    the design trusts the fitted prior; the jackknife covered 80-97% (benchmarks/RESULTS.md).
+    On the real tables the posterior sd alone covered the error in 29-57% of players from 10n up (68% expected):
+    the design trusts the fitted prior; with the jackknife 87-100% (benchmarks/RESULTS.md).
     """
     shifts = (smoother * (weights / inverse_diagonal))[:, free]  # [n, p_free]
     count = shifts.shape[1]
