@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 
 from shapley_svc.estimators.exact import shapley_from_table
 from shapley_svc.types import Coalitions, Values
+
+# the exact table of the demo model shipped in ../shared/games
+SHIPPED_TABLE = Path(__file__).resolve().parents[3] / "shared" / "games" / "smollm2_blocks18-29_wikitext.npz"
 
 
 class AdditiveGame:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from estimator_games import AdditiveGame, SizeGame, random_pairwise
+from estimator_games import SHIPPED_TABLE, AdditiveGame, SizeGame, random_pairwise
 
 from shapley_svc.estimators import DEFAULT_ESTIMATOR, estimate, make_estimator
 from shapley_svc.estimators.exact import all_coalitions, shapley_from_table
@@ -21,8 +19,6 @@ from shapley_svc.estimators.structured_gp import (
     structure_families,
 )
 from shapley_svc.estimators.table import TableGame
-
-SHIPPED_TABLE = Path(__file__).resolve().parents[3] / "shared" / "games" / "smollm2_blocks18-29_wikitext.npz"
 
 N_PLAYERS = 6
 COMPONENTS = {

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from estimator_games import SHIPPED_TABLE
 
 from shapley_svc.errors import BudgetExceededError, DataError
 from shapley_svc.estimators import estimate, make_estimator
 from shapley_svc.estimators.exact import all_coalitions, shapley_from_table
 from shapley_svc.estimators.table import TableGame
-
-SHIPPED = Path(__file__).resolve().parents[3] / "shared" / "games" / "smollm2_blocks18-29_wikitext.npz"
 
 
 def write_table(path: Path, n_players: int = 4) -> np.ndarray:
@@ -61,13 +60,13 @@ def test_missing_and_malformed_files_raise_data_error(tmp_path: Path) -> None:
         TableGame.from_npz(tmp_path / "shuffled.npz")
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shared game tables are not checked out next to the repo")
+@pytest.mark.skipif(not SHIPPED_TABLE.is_file(), reason="the shared game tables are not checked out next to the repo")
 def test_shipped_table_default_estimator_beats_kernelshap() -> None:
     errors = {}
     for name in ("default", "kernelshap"):
         squared = []
         for seed in range(5):
-            game = TableGame.from_npz(SHIPPED, budget=120)
+            game = TableGame.from_npz(SHIPPED_TABLE, budget=120)
             result = estimate(make_estimator(name, 12, 120, seed=seed), game)
             assert game.evaluations_used <= 120
             squared.append(np.mean((result.values - game.exact_shapley) ** 2))
