@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from shapley_svc.estimators import estimate, make_estimator
 from shapley_svc.estimators.exact import all_coalitions
+from shapley_svc.estimators.gp import JITTER
 
 logger = logging.getLogger("benchmarks.oracle_limits")
 MAX_PLAYERS = 12
 BUDGET_FACTORS = (5, 10, 20, 50)
-JITTER = 1e-10
 
 
 def walsh_coefficients(values: np.ndarray) -> np.ndarray:
