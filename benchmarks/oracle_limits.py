@@ -78,12 +78,12 @@ class Oracle:
         self.chi = characters(np.arange(len(values)), self.n_players)  # [coalition, A]
         if not np.allclose(self.chi @ coefficients, values, atol=1e-8):
             raise AssertionError("the Walsh transform does not reproduce the table")
-        weights = shapley_weights(self.n_players)
-        if not np.allclose(coefficients @ weights, shapley, atol=1e-6):
+        self.weights = shapley_weights(self.n_players)  # [A, n]
+        if not np.allclose(coefficients @ self.weights, shapley, atol=1e-6):
             raise AssertionError("the table's Shapley values do not match its Walsh coefficients")
         self.spectrum = coefficients**2
         self.kernel = (self.chi * self.spectrum) @ self.chi.T  # cov(v(m), v(m'))
-        self.cross = (self.chi * self.spectrum) @ weights  # cov(v(m), phi) [coalition, n]
+        self.cross = (self.chi * self.spectrum) @ self.weights  # cov(v(m), phi) [coalition, n]
 
     def posterior_mean(self, codes: np.ndarray) -> np.ndarray:
         """E[phi | v at the coalitions ``codes``] float[n]."""
@@ -103,7 +103,7 @@ class Oracle:
             units = np.arange(1 << (self.n_players - 1))  # pair (m, ~m) with the top player absent from m
             odd = (self.chi[units] - self.chi[full ^ units]) / 2  # chi_A(m) for odd |A|, 0 for even
             covariance = (odd * self.spectrum) @ odd.T
-            with_phi = (odd * self.spectrum) @ shapley_weights(self.n_players)
+            with_phi = (odd * self.spectrum) @ self.weights
         else:
             units = np.arange(1 << self.n_players)
             covariance, with_phi = self.kernel.copy(), self.cross.copy()
@@ -173,7 +173,7 @@ def main() -> int:
             "best_shapiq_rmse": shapiq_rmse[best],
             "goal": 0.5 * shapiq_rmse[best],
         }
-        logger.info("%s %5d %s", game.name, budget, {key: value for key, value in rows[budget].items()})
+        logger.info("%s %5d %s", game.name, budget, rows[budget])
     logger.info("%.0f s", time.monotonic() - started)
     print(json.dumps({"table": game.name, "seeds": args.seeds, "budgets": rows}))
     return 0
