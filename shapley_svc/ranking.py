@@ -21,14 +21,13 @@ from typing import Any, Literal, Self, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from shapley_svc.errors import ConfigError, DataError
+from shapley_svc.players import Granularity, Player
 
 FORMAT_VERSION = 1
 """Version of the JSON written by :class:`Ranking` and :class:`RankingSet`; bump it on any breaking change."""
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-_PLAYER_KINDS = {"block": ("block",), "sublayer": ("attn", "mlp")}
-_PLAYER_NAME = re.compile(r"layer(\d+)\.(block|attn|mlp)")
 _METHOD = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.\-]+)?")
 
 
@@ -47,7 +46,7 @@ class Ranking(BaseModel):
 
     format_version: Literal[1] = FORMAT_VERSION
     players: tuple[str, ...]
-    granularity: Literal["block", "sublayer"]
+    granularity: Granularity
     scores: tuple[float, ...]
     stderr: tuple[float | None, ...] | None = None
     method: str
@@ -66,10 +65,13 @@ class Ranking(BaseModel):
             raise ValueError(f"{len(self.scores)} scores for {n_players} players: give one score per player")
         if len(set(self.players)) != n_players:
             raise ValueError(f"player names repeat in {list(self.players)}: each player must appear once")
-        kinds = _PLAYER_KINDS[self.granularity]
+        kinds = self.granularity.kinds
         for name in self.players:
-            match = _PLAYER_NAME.fullmatch(name)
-            if match is None or match.group(2) not in kinds:
+            try:
+                kind = Player.parse(name).kind
+            except ConfigError:
+                kind = None
+            if kind not in kinds:
                 raise ValueError(
                     f"player {name!r} is not a {self.granularity} player: use names like "
                     f"{' or '.join(f'layer3.{kind}' for kind in kinds)}"

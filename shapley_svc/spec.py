@@ -29,11 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shapley_svc.errors import ConfigError
+from shapley_svc.players import Granularity
 
 SPEC_VERSION = 1
 
-DTYPE_NAMES = ("bfloat16", "float32", "float16", "auto")
-GRANULARITY_NAMES = ("block", "sublayer")
 
 
 class _Strict(BaseModel):
@@ -53,11 +52,11 @@ class ModelSpec(_Strict):
 class PlayersSpec(_Strict):
     """The player sets to value; one run per granularity (``block``: L players, ``sublayer``: 2L)."""
 
-    granularities: list[Literal["block", "sublayer"]] = Field(default_factory=lambda: ["block"], min_length=1)
+    granularities: list[Granularity] = Field(default_factory=lambda: [Granularity.BLOCK], min_length=1)
 
     @field_validator("granularities")
     @classmethod
-    def _unique(cls, granularities: list[str]) -> list[str]:
+    def _unique(cls, granularities: list[Granularity]) -> list[Granularity]:
         if len(set(granularities)) != len(granularities):
             raise ValueError(f"granularities {granularities} repeat a value; list each at most once")
         return granularities

@@ -8,8 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.masked import Player
-from shapley_svc.pruning.select import parse_player
+from shapley_svc.players import Player, block_names
 from shapley_svc.runner.driver import lexicographic_rows
 from shapley_svc.store.base import ResultStore
 from shapley_svc.types import Coalitions, Game, Values
@@ -79,7 +78,7 @@ class BlockView:
     """The block-granularity game of a sublayer-granularity game: block i stands for both sublayers of layer i."""
 
     def __init__(self, sublayer_game: Game) -> None:
-        players = [parse_player(name) for name in sublayer_game.player_names]
+        players = [Player.parse(name) for name in sublayer_game.player_names]
         layers = sorted({player.layer for player in players})
         expected = [Player(layer, kind) for layer in layers for kind in ("attn", "mlp")]
         if players != expected:
@@ -87,7 +86,7 @@ class BlockView:
                 "BlockView needs a sublayer game whose players are layerN.attn, layerN.mlp for each layer in order"
             )
         self.game = sublayer_game
-        self._names = tuple(f"layer{layer}.block" for layer in layers)
+        self._names = block_names(layers)
 
     @property
     def n_players(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.masked import Granularity
+from shapley_svc.players import Granularity
 from shapley_svc.ranking import Ranking
 from shapley_svc.types import Coalitions, Game, PlayerVector, Values
 from shapley_svc.values.base import ModelGame

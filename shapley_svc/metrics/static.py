@@ -35,7 +35,8 @@ from torch.utils.hooks import RemovableHandle
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.layouts import resolve
-from shapley_svc.model.masked import Granularity, MaskedModel
+from shapley_svc.model.masked import MaskedModel
+from shapley_svc.players import Granularity
 from shapley_svc.ranking import Ranking
 from shapley_svc.values.base import digest
 

@@ -10,10 +10,8 @@ reloaded, and the model is whole again after an exception.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,34 +21,7 @@ from torch import nn
 
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.layouts import Layout, resolve
-
-
-class Granularity(enum.StrEnum):
-    """What one player is: a whole decoder block, or one sublayer (attention or MLP) of a block."""
-
-    BLOCK = "block"
-    SUBLAYER = "sublayer"
-
-    @classmethod
-    def parse(cls, value: str | Granularity) -> Granularity:
-        """The granularity named ``value``; anything else is a ConfigError listing the valid names."""
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"unknown granularity {value!r}: use one of {', '.join(g.value for g in cls)}") from None
-
-
-@dataclass(frozen=True)
-class Player:
-    """One switchable part of the model: ``kind`` is ``block``, ``attn`` or ``mlp`` of decoder layer ``layer``."""
-
-    layer: int
-    kind: str
-
-    @property
-    def name(self) -> str:
-        return f"layer{self.layer}.{self.kind}"
-
+from shapley_svc.players import Granularity, Player, model_players
 
 LayerPlan = npt.NDArray[np.bool_]
 """bool[L, 2]: for each decoder layer, whether its attention (column 0) and its MLP (column 1) run."""
@@ -74,10 +45,7 @@ class MaskedModel:
         self._attention_norms = [resolve(layer, layout.attention_norm) for layer in self.layers]
         self._mlps = [resolve(layer, layout.mlp) for layer in self.layers]
         self._mlp_norms = [resolve(layer, layout.mlp_norm) for layer in self.layers]
-        if self.granularity is Granularity.BLOCK:
-            self.players = tuple(Player(i, "block") for i in range(self.num_layers))
-        else:
-            self.players = tuple(Player(i, kind) for i in range(self.num_layers) for kind in ("attn", "mlp"))
+        self.players: tuple[Player, ...] = model_players(self.num_layers, self.granularity)
 
     @property
     def num_layers(self) -> int:

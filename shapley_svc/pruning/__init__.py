@@ -6,6 +6,7 @@ Modules: :mod:`.select` (what goes), :mod:`.apply` (plain and skip forms of the 
 :mod:`.curves` (curves and the honest-evaluation summary).
 """
 
+from shapley_svc.players import parse_player
 from shapley_svc.pruning.apply import load_skipping, prune_model, save_pruned
 from shapley_svc.pruning.curves import CurveSet, PruningSummary, Split, describe_split, pruning_curves
 from shapley_svc.pruning.recovery import RecoveryAdapters, attached, calibrate_scales, evaluate_value, fit
@@ -14,7 +15,6 @@ from shapley_svc.pruning.select import (
     PruningPlan,
     conditional_leave_one_out,
     iterative_order,
-    parse_player,
     select,
     select_iteratively,
 )

@@ -39,8 +39,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import Layout, resolve
 from shapley_svc.model.loading import LoadedModel, load_model
-from shapley_svc.model.masked import MaskedModel, Player
-from shapley_svc.pruning.select import PruningPlan, parse_player
+from shapley_svc.model.masked import MaskedModel
+from shapley_svc.players import Player, parse_player
+from shapley_svc.pruning.select import PruningPlan
 
 MANIFEST_NAME = "shapley-svc-pruning.json"
 MANIFEST_VERSION = 1

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.masked import Player
+from shapley_svc.players import Player
 from shapley_svc.pruning.savings import Footprint
 from shapley_svc.pruning.select import PruningPlan, candidates, least_important
 from shapley_svc.types import Game

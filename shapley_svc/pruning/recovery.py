@@ -42,8 +42,8 @@ from transformers import PreTrainedModel
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import Layout, resolve
-from shapley_svc.model.masked import Player
-from shapley_svc.pruning.select import PruningPlan, parse_player
+from shapley_svc.players import Player, parse_player
+from shapley_svc.pruning.select import PruningPlan
 from shapley_svc.values.base import ValueFunction
 
 RECOVERY_FILE = "recovery.safetensors"

@@ -18,7 +18,6 @@ removed *block*. Selection rules:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,19 +26,10 @@ import numpy as np
 import numpy.typing as npt
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.masked import Player
+from shapley_svc.players import Player, parse_player
 from shapley_svc.types import Game
 
 TARGETS = ("block", "attn", "mlp", "sublayer")
-_PLAYER_NAME = re.compile(r"layer(\d+)\.(block|attn|mlp)")
-
-
-def parse_player(name: str) -> Player:
-    """The :class:`Player` named ``name`` (``layer3.block``, ``layer3.attn``, ``layer3.mlp``)."""
-    match = _PLAYER_NAME.fullmatch(name.strip())
-    if match is None:
-        raise ConfigError(f"player name {name!r} is not of the form layerN.block, layerN.attn or layerN.mlp")
-    return Player(int(match.group(1)), match.group(2))
 
 
 @dataclass(frozen=True)

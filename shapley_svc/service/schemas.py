@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from shapley_svc.players import Granularity
 from shapley_svc.store.base import JobStatus
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Level = Literal["block", "sublayer"]
+Level = Granularity
 Order = Literal["asc", "desc"]
 
 
