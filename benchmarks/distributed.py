@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=2, help="coalitions per chunk (model measurements)")
     parser.add_argument("--window", type=int, default=64, help="tokens per window of the language-modelling task")
     parser.add_argument("--windows", type=int, default=2, help="windows of the language-modelling task")
-    parser.add_argument("--dtype", default="float32", choices=("bfloat16", "float32"))  # bf16 is 5x slower here
+    parser.add_argument("--dtype", default="float32", choices=("bfloat16", "float32"))  # bf16: emulated here
     parser.add_argument("--actors", type=int, nargs="+", default=[8, 16, 32], help="simulated cluster sizes")
     parser.add_argument("--simulated-chunk-size", type=int, default=4, help="coalitions per simulated chunk")
     parser.add_argument("--rounds", type=int, default=3, help="estimator rounds in a simulated run")

@@ -50,7 +50,7 @@ def interleaved_medians(
     """Median wall time of each candidate, run in turn ``repeats`` times, after one warm-up each if asked.
 
     The walk comparisons skip the warm-up: each candidate is hundreds of forwards of kernels the forward-pass
-    section has already warmed, and one more pass of each would double an hour-long run.
+    section has already warmed, and one more pass of each would double the longest part of the run.
     """
     if warm_up:
         for run in candidates.values():
@@ -128,7 +128,7 @@ def benchmark(loaded: LoadedModel, ids: torch.Tensor, walks: int, repeats: int, 
         results[f"skip{skipped}_over_full"] = times[f"skip{skipped}"] / times["full"]
         results[f"skip{skipped}_goal"] = (n - skipped) / n + 0.05
 
-    if walks == 0:  # the forward-pass ratios only (minutes, not an hour, on a 2-core CPU)
+    if walks == 0:  # the forward-pass ratios only: the walk comparisons take far longer (RESULTS.md)
         return results
     masks = permutation_walk_masks(n, walks, seed)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread per process: the GP solves are small and thread contention slows them 100x.
+# One BLAS thread per process: the GP solves are small and thread contention slows them badly (RESULTS.md).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

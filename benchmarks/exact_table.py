@@ -3,8 +3,8 @@
 Every coalition of the chosen players (the model's other players always present) is scored with the
 capped language-modelling loss, then the exact Shapley values come from the whole table. More ground truth
 for ``benchmarks/estimators.py --games-dir``: the shipped table is one game; these are others (other layers,
-sublayer players) of the same model. 2^n coalitions, so n <= 16; 12 players, 2 x 128 tokens: ~40 min on
-one core. Prints one JSON object on its last line.
+sublayer players) of the same model. 2^n coalitions, so n <= 16 (how long 12 players took: benchmarks/RESULTS.md).
+Prints one JSON object on its last line.
 Usage: ``python benchmarks/exact_table.py --granularity sublayer --layers 24-29 --windows 2 --out T.npz``
 """
 

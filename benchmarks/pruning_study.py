@@ -83,7 +83,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--threads", type=int, default=1)  # 2 spinning threads on a shared 2-core box: 6x slower
+    parser.add_argument("--threads", type=int, default=1)  # two contend on 2 shared cores (RESULTS.md)
     parser.add_argument("--out", type=Path, default=Path("/tmp/pruning_study"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
