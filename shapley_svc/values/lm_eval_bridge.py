@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.data.mmlu import MMLUSubject
@@ -37,13 +36,7 @@ from shapley_svc.errors import ConfigError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.values.base import digest
 from shapley_svc.values.mmlu import description
-from shapley_svc.values.multiple_choice import (
-    build_choice_batches,
-    encode_texts,
-    gather_choice_statistics,
-    resolve_max_length,
-    score_choices,
-)
+from shapley_svc.values.multiple_choice import LoglikelihoodScoring, encode_texts, resolve_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +97,7 @@ def _task_manager(include_path: str | None, include_defaults: bool) -> Any:
 
 
 @dataclass
-class LMEvalTask:
+class LMEvalTask(LoglikelihoodScoring):
     """An lm-eval task (name or YAML path) as a value function; one column per aggregated metric.
 
     Example: ``LMEvalTask("arc_easy", limit=50)`` or ``LMEvalTask("tasks/my_mmlu.yaml")``.
@@ -115,18 +108,11 @@ class LMEvalTask:
     limit: int | None = None
     num_fewshot: int | None = None
     metrics: tuple[str, ...] | None = None
-    add_bos: bool = False
-    reuse_prefix: bool = True
-    max_length: int | None = None
-    max_row_tokens: int = 2048
-    max_batch_tokens: int = 8192
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._task: Any = None
         self._docs: list[tuple[Any, list[int]]] = []  # per document: doc, request indices in idx order
-        self._readouts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._tokens: torch.Tensor | None = None
-        self._request_count = 0
         self._metrics: tuple[str, ...] = tuple(self.metrics) if self.metrics is not None else ()
 
     @property
@@ -169,18 +155,7 @@ class LMEvalTask:
             ids.append(f"{self.task_name}/doc{doc_id}")
             self._docs.append((members[0].doc, list(range(request, request + len(members)))))
             request += len(members)
-        self._request_count = request
-        batches, self._readouts, self._tokens = build_choice_batches(
-            tokenizer,
-            pair_sets,
-            ids,
-            add_bos=self.add_bos,
-            reuse_prefix=self.reuse_prefix,
-            max_length=resolve_max_length(tokenizer, self.max_length),
-            max_row_tokens=self.max_row_tokens,
-            max_batch_tokens=self.max_batch_tokens,
-        )
-        return batches
+        return self.pack_requests(tokenizer, pair_sets, ids)
 
     def fingerprint(self) -> str:
         if self._tokens is None:
@@ -197,10 +172,6 @@ class LMEvalTask:
         }
         return digest(settings, self._tokens)
 
-    def score(self, batch_index: int, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
-        """float[r, 3]: (request index, log-likelihood, is greedy) of the requests in this batch."""
-        return score_choices(self._readouts[batch_index], final_hidden, head)
-
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         per_doc = self.per_document(statistics)
         aggregation = self._task.aggregation()
@@ -208,7 +179,7 @@ class LMEvalTask:
 
     def per_document(self, statistics: list[np.ndarray]) -> dict[str, list[Any]]:
         """The task's ``process_results`` of each document, as lists per metric (document order)."""
-        responses = gather_choice_statistics(statistics, self._request_count)
+        responses = self.responses(statistics)
         per_metric: dict[str, list[Any]] = {metric: [] for metric in self._metrics}
         for doc, requests in self._docs:
             results = [(float(responses[i, 0]), bool(responses[i, 1])) for i in requests]

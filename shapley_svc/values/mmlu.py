@@ -18,7 +18,7 @@ is bounded, so no coalition dominates the Shapley values. Report accuracy with :
 only at the last positions, with ``full_vocab_logprobs=True`` or :func:`evaluate_questions`.
 
 Speed: a subject's few-shot prefix (about 300 of 375 tokens) is packed once per row with several questions'
-suffixes (see :func:`~shapley_svc.values.multiple_choice.pack_sequences`). The prefix/suffix split is made
+suffixes (see :func:`~shapley_svc.engine.packing.pack_sequences`). The prefix/suffix split is made
 after the last shot's answer letter, before "\\n\\n", where byte-level BPE does not merge; every question's
 split is checked against the tokens of its whole prompt and a question whose tokens do not split cleanly
 gets a row of its own. A prompt longer than ``max_length`` drops shots (from the last) until it fits.
@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 from shapley_svc.data.mmlu import LETTERS, MMLUSubject, load_mmlu
 from shapley_svc.data.multiple_choice import MultipleChoiceItem
 from shapley_svc.engine import BatchedEngine, TokenBatch
+from shapley_svc.engine.packing import PackedSequences, pack_sequences
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.values.base import digest
@@ -46,7 +47,6 @@ from shapley_svc.values.multiple_choice import (
     continuation_logprobs,
     encode_texts,
     mean_and_stderr,
-    pack_sequences,
     pad_token_id,
     resolve_max_length,
 )
@@ -182,29 +182,21 @@ class MMLU:
         max_length = resolve_max_length(tokenizer, self.max_length)
         self.questions = []
         groups: list[tuple[list[int], list[list[int]]]] = []
-        members: list[int] = []
+        members: list[int] = []  # the question index of each packed member, in packing order
         standalone: list[int] = []
         for subject in subjects:
-            picked = chosen[subject.name]
-            if not picked:
+            if not chosen[subject.name]:
                 continue
-            prompted = prompt_questions(tokenizer, subject, picked, max_length=max_length, add_bos=self.add_bos)
+            prompted = prompt_questions(
+                tokenizer, subject, chosen[subject.name], max_length=max_length, add_bos=self.add_bos
+            )
             first = len(self.questions)
             self.questions.extend(prompted)
-            for shots in sorted({question.shots for question in prompted}, reverse=True):
-                prefix_text = few_shot_prefix(subject.name, subject.shots[:shots]).removesuffix(SHOT_SEPARATOR)
-                prefix = encode_texts(tokenizer, [prefix_text], self.add_bos)[0]
-                suffixes = []
-                for offset, question in enumerate(prompted):
-                    if question.shots != shots:
-                        continue
-                    if list(question.context_ids[: len(prefix)]) == prefix:
-                        suffixes.append(list(question.input_ids[len(prefix) :]))
-                        members.append(first + offset)
-                    else:
-                        standalone.append(first + offset)
-                if suffixes:
-                    groups.append((prefix, suffixes))
+            shared, unsplit = _prefix_groups(tokenizer, subject, prompted, self.add_bos)
+            for prefix, indices in shared:
+                groups.append((prefix, [list(prompted[i].input_ids[len(prefix) :]) for i in indices]))
+                members.extend(first + i for i in indices)
+            standalone.extend(first + i for i in unsplit)
         if standalone:
             logger.info(
                 "%d MMLU prompts do not split cleanly after their shots; each gets its own row", len(standalone)
@@ -219,6 +211,12 @@ class MMLU:
             max_batch_tokens=self.max_batch_tokens,
             pad_id=pad_token_id(tokenizer),
         )
+        self._readouts = self._letter_readouts(packed, members)
+        self._batches = packed.batches
+        return packed.batches
+
+    def _letter_readouts(self, packed: PackedSequences, members: Sequence[int]) -> list[LetterReadout]:
+        """Per batch, where its questions' letters (and bridge tokens) are read; ``members`` as packed."""
         per_batch: list[list[tuple[int, np.ndarray, int]]] = [[] for _ in packed.batches]
         for member, question_index in enumerate(members):
             question = self.questions[question_index]
@@ -226,9 +224,7 @@ class MMLU:
             positions = np.arange(len(question.context_ids) - 1, len(question.input_ids))
             columns = packed.columns(member, positions)
             per_batch[packed.batch[member]].append((int(packed.row[member]), columns, question_index))
-        self._readouts = [LetterReadout.build(entries, self.questions) for entries in per_batch]
-        self._batches = packed.batches
-        return packed.batches
+        return [LetterReadout.build(entries, self.questions) for entries in per_batch]
 
     def _choose(self, subjects: list[MMLUSubject]) -> dict[str, list[MultipleChoiceItem]]:
         """The questions asked per subject: first ``per_subject`` each, then a seeded sample of the whole."""
@@ -296,6 +292,38 @@ def prompt_questions(
     add_bos: bool,
 ) -> list[MMLUQuestion]:
     """Prompt and tokenise ``items``; a context longer than ``max_length`` tokens drops shots until it fits."""
+    shots_used, contexts, context_ids = _fit_contexts(tokenizer, subject, items, max_length, add_bos)
+    dropped = sum(used < len(subject.shots) for used in shots_used)
+    if dropped:
+        logger.info("subject %s: %d prompts dropped shots to fit max_length %d", subject.name, dropped, max_length)
+    wholes = encode_texts(tokenizer, [f"{context} {letter}" for context in contexts for letter in LETTERS], add_bos)
+    questions = []
+    for index, item in enumerate(items):
+        answers = wholes[index * len(LETTERS) : (index + 1) * len(LETTERS)]
+        letter_ids, bridge = _letter_tokens(item, [whole[len(context_ids[index]) :] for whole in answers])
+        questions.append(
+            MMLUQuestion(
+                id=item.id,
+                subject=subject.name,
+                answer=item.answer,
+                shots=shots_used[index],
+                context=contexts[index],
+                context_ids=tuple(context_ids[index]),
+                letter_ids=letter_ids,
+                bridge_ids=bridge,
+            )
+        )
+    return questions
+
+
+def _fit_contexts(
+    tokenizer: PreTrainedTokenizerBase,
+    subject: MMLUSubject,
+    items: Sequence[MultipleChoiceItem],
+    max_length: int,
+    add_bos: bool,
+) -> tuple[list[int], list[str], list[list[int]]]:
+    """Per item: shots used, context text and its token ids, dropping shots (from the last) until it fits."""
     shots_used = [len(subject.shots)] * len(items)
     contexts: list[str] = [""] * len(items)
     context_ids: list[list[int]] = [[] for _ in items]
@@ -317,33 +345,45 @@ def prompt_questions(
                 shots_used[index] -= 1
                 still_long.append(index)
         pending = still_long
-    dropped = sum(used < len(subject.shots) for used in shots_used)
-    if dropped:
-        logger.info("subject %s: %d prompts dropped shots to fit max_length %d", subject.name, dropped, max_length)
-    wholes = encode_texts(tokenizer, [f"{context} {letter}" for context in contexts for letter in LETTERS], add_bos)
-    questions = []
-    for index, item in enumerate(items):
-        continuations = [wholes[index * len(LETTERS) + position][len(context_ids[index]) :] for position in range(4)]
-        bridge = continuations[0][:-1]
-        if any(len(continuation) == 0 or continuation[:-1] != bridge for continuation in continuations):
-            raise ConfigError(
-                f"MMLU question {item.id}: the answers ' A'..' D' encode to {continuations} after the prompt; "
-                "letter-only scoring needs them to differ only in their last token (use the lm-eval bridge instead)"
-            )
-        letter_ids = [continuation[-1] for continuation in continuations]
-        questions.append(
-            MMLUQuestion(
-                id=item.id,
-                subject=subject.name,
-                answer=item.answer,
-                shots=shots_used[index],
-                context=contexts[index],
-                context_ids=tuple(context_ids[index]),
-                letter_ids=tuple(letter_ids),
-                bridge_ids=tuple(bridge),
-            )
+    return shots_used, contexts, context_ids
+
+
+def _letter_tokens(
+    item: MultipleChoiceItem, continuations: Sequence[list[int]]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(letter ids, shared bridge ids) from what " A" .. " D" add after the context; they may differ only last."""
+    bridge = continuations[0][:-1]
+    if any(len(continuation) == 0 or continuation[:-1] != bridge for continuation in continuations):
+        raise ConfigError(
+            f"MMLU question {item.id}: the answers ' A'..' D' encode to {list(continuations)} after the prompt; "
+            "letter-only scoring needs them to differ only in their last token (use the lm-eval bridge instead)"
         )
-    return questions
+    return tuple(continuation[-1] for continuation in continuations), tuple(bridge)
+
+
+def _prefix_groups(
+    tokenizer: PreTrainedTokenizerBase, subject: MMLUSubject, questions: Sequence[MMLUQuestion], add_bos: bool
+) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """Questions sharing a few-shot prefix: (prefix ids, question indices) per shot count, most shots first.
+
+    Also returns the indices of questions whose tokens do not start with their prefix's tokens.
+    """
+    groups: list[tuple[list[int], list[int]]] = []
+    unsplit: list[int] = []
+    for shots in sorted({question.shots for question in questions}, reverse=True):
+        prefix_text = few_shot_prefix(subject.name, subject.shots[:shots]).removesuffix(SHOT_SEPARATOR)
+        prefix = encode_texts(tokenizer, [prefix_text], add_bos)[0]
+        members = []
+        for index, question in enumerate(questions):
+            if question.shots != shots:
+                continue
+            if list(question.context_ids[: len(prefix)]) == prefix:
+                members.append(index)
+            else:
+                unsplit.append(index)
+        if members:
+            groups.append((prefix, members))
+    return groups, unsplit
 
 
 @dataclass(frozen=True)

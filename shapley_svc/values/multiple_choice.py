@@ -13,11 +13,8 @@ Prompt templates follow lm-eval's task yamls: ARC ("Question: {q}\\nAnswer:" + "
 Winogrande (partial evaluation: the option fills the blank, the text after the blank is scored).
 
 Packing. The choices of an item share a token prefix (the context, or for Winogrande the text before the
-blank). :func:`pack_sequences` lays out a group's shared prefix once per row followed by each member's
-suffix, with a 4D boolean attention mask (a suffix sees the prefix and itself, causally) and position ids
-restarting at ``len(prefix)`` for each suffix, so every scored position sees exactly the tokens and
-positions of its unpacked sequence. The MMLU value function packs a subject's few-shot prefix the same way.
-The boolean mask suits SDPA attention (the loader's default); ``reuse_prefix=False`` gives plain causal rows.
+blank): :class:`LoglikelihoodScoring` packs each item's requests over it with
+:func:`~shapley_svc.engine.packing.pack_scored` and scores only the continuation tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from shapley_svc.engine import TokenBatch
+from shapley_svc.engine.packing import Readout, ScoredSequence, pack_scored
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.values.base import digest
 
@@ -89,141 +87,6 @@ def resolve_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int | Non
     return int(limit) if limit is not None and limit < _UNBOUNDED_TOKENIZER_LENGTH else DEFAULT_MAX_LENGTH
 
 
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest token prefix shared by every sequence."""
-    shortest = min(len(sequence) for sequence in sequences)
-    for position in range(shortest):
-        token = sequences[0][position]
-        if any(sequence[position] != token for sequence in sequences[1:]):
-            return position
-    return shortest
-
-
-# ----------------------------------------------------------------------------------------------- packing
-
-
-@dataclass(frozen=True)
-class PackedSequences:
-    """Token batches holding many sequences, and where each sequence (member) sits in them.
-
-    Member ``m`` (in the order given to :func:`pack_sequences`) lies in row ``row[m]`` of batch ``batch[m]``;
-    its shared prefix occupies columns ``0..prefix_length[m]-1`` and its suffix starts at ``suffix_start[m]``.
-    """
-
-    batches: list[TokenBatch]
-    batch: np.ndarray
-    row: np.ndarray
-    prefix_length: np.ndarray
-    suffix_start: np.ndarray
-
-    def columns(self, member: int, positions: np.ndarray) -> np.ndarray:
-        """Columns of the row of ``member`` that hold its unpacked positions ``positions``."""
-        prefix = int(self.prefix_length[member])
-        return np.where(positions < prefix, positions, positions - prefix + int(self.suffix_start[member]))
-
-
-def pack_sequences(
-    groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
-    *,
-    reuse_prefix: bool,
-    max_row_tokens: int,
-    max_batch_tokens: int,
-    pad_id: int,
-) -> PackedSequences:
-    """Lay out groups ``(prefix, [suffix, ...])`` into token batches; members are numbered group by group.
-
-    With ``reuse_prefix`` a row is ``prefix + suffix_1 + suffix_2 + ...`` (up to ``max_row_tokens``, at least
-    one suffix) with a 4D mask; without, every member is its own causal row ``prefix + suffix``.
-    """
-    if max_row_tokens < 1 or max_batch_tokens < 1:
-        raise ConfigError(f"max_row_tokens ({max_row_tokens}) and max_batch_tokens ({max_batch_tokens}) must be >= 1")
-    rows: list[tuple[list[int], list[tuple[int, int]]]] = []  # (tokens, [(member, suffix start)])
-    segment_rows: list[list[int]] = []
-    position_rows: list[list[int]] = []
-    member_count = 0
-    placements: list[tuple[int, int, int]] = []  # per member: row, prefix length, suffix start
-    for prefix, suffixes in groups:
-        prefix = list(prefix)
-        row_open = False  # whether the last row belongs to this group and may take more suffixes
-        for suffix in suffixes:
-            fits = row_open and len(rows[-1][0]) + len(suffix) <= max_row_tokens
-            if not (reuse_prefix and fits):
-                rows.append((list(prefix), []))
-                segment_rows.append([0] * len(prefix))
-                position_rows.append(list(range(len(prefix))))
-                row_open = True
-            tokens, members = rows[-1]
-            start = len(tokens)
-            members.append((member_count, start))
-            tokens.extend(suffix)
-            segment_rows[-1].extend([len(members)] * len(suffix))
-            position_rows[-1].extend(range(len(prefix), len(prefix) + len(suffix)))
-            placements.append((len(rows) - 1, len(prefix), start))
-            member_count += 1
-    batch_of_row: list[int] = []
-    batches: list[TokenBatch] = []
-    row_in_batch: list[int] = []
-    start_row = 0
-    while start_row < len(rows):
-        end_row = start_row + 1
-        longest = len(rows[start_row][0])
-        while end_row < len(rows):
-            longest_next = max(longest, len(rows[end_row][0]))
-            if longest_next * (end_row - start_row + 1) > max_batch_tokens:
-                break
-            longest = longest_next
-            end_row += 1
-        indices = range(start_row, end_row)
-        batches.append(
-            _packed_batch(
-                [rows[i][0] for i in indices],
-                [segment_rows[i] for i in indices],
-                [position_rows[i] for i in indices],
-                pad_id,
-                use_4d_mask=reuse_prefix,
-            )
-        )
-        for offset, _ in enumerate(indices):
-            batch_of_row.append(len(batches) - 1)
-            row_in_batch.append(offset)
-        start_row = end_row
-    row_index = np.array([placement[0] for placement in placements], dtype=np.int64)
-    return PackedSequences(
-        batches=batches,
-        batch=np.array(batch_of_row, dtype=np.int64)[row_index] if len(row_index) else row_index,
-        row=np.array(row_in_batch, dtype=np.int64)[row_index] if len(row_index) else row_index,
-        prefix_length=np.array([placement[1] for placement in placements], dtype=np.int64),
-        suffix_start=np.array([placement[2] for placement in placements], dtype=np.int64),
-    )
-
-
-def _packed_batch(
-    rows: list[list[int]],
-    segments: list[list[int]],
-    positions: list[list[int]],
-    pad_id: int,
-    *,
-    use_4d_mask: bool,
-) -> TokenBatch:
-    """Right-padded ids; a 4D mask from segment ids (0 prefix, k suffix k, -1 pad) or a 2D padding mask."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, (row, row_segments, row_positions) in enumerate(zip(rows, segments, positions, strict=True)):
-        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        segment[index, : len(row)] = torch.tensor(row_segments, dtype=torch.long)
-        position_ids[index, : len(row)] = torch.tensor(row_positions, dtype=torch.long)
-    if not use_4d_mask:
-        return TokenBatch(input_ids, attention_mask=(segment >= 0).long())
-    query, key = segment[:, :, None], segment[:, None, :]  # [b, s, 1], [b, 1, s]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    sees = ((key == 0) & (query >= 0)) | ((key == query) & (query > 0))
-    # A padding position sees only itself, so no row of the softmax is empty (an empty row would give NaN).
-    mask = (sees & causal) | torch.eye(width, dtype=torch.bool)
-    return TokenBatch(input_ids, attention_mask=mask[:, None], position_ids=position_ids)
-
-
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id used for padding (never attended to): pad, else EOS, else 0."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
@@ -266,6 +129,93 @@ def mean_and_stderr(per_item: np.ndarray) -> tuple[float, float]:
     if len(values) < 2:
         return float(values.mean()) if len(values) else math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# ----------------------------------------------------------------------------------------------- requests
+
+
+def request_sequences(
+    tokenizer: PreTrainedTokenizerBase,
+    pair_sets: Sequence[Sequence[tuple[str, str]]],
+    ids: Sequence[str],
+    *,
+    add_bos: bool,
+    max_length: int,
+) -> tuple[list[list[ScoredSequence]], torch.Tensor]:
+    """Per item, its (context, continuation) requests as sequences scored at the continuation tokens.
+
+    Also returns all unpacked input tokens concatenated (for fingerprints); ``ids`` name the items in errors.
+    """
+    encoded = encode_pairs(tokenizer, [pair for pairs in pair_sets for pair in pairs], add_bos)
+    groups: list[list[ScoredSequence]] = []
+    unpacked: list[int] = []
+    offset = 0
+    for item_id, pairs in zip(ids, pair_sets, strict=True):
+        group = []
+        for context, continuation in encoded[offset : offset + len(pairs)]:
+            group.append(_scored_request(item_id, context, continuation, max_length))
+            unpacked.extend(context + continuation)
+        groups.append(group)
+        offset += len(pairs)
+    return groups, torch.tensor(unpacked, dtype=torch.long)
+
+
+def _scored_request(item_id: str, context: list[int], continuation: list[int], max_length: int) -> ScoredSequence:
+    """The model reads context + continuation but its last token; the continuation's tokens are scored."""
+    if not continuation:
+        raise DataError(f"item {item_id}: a choice's continuation encodes to no tokens; nothing to score")
+    whole = context + continuation
+    if len(whole) - 1 > max_length:
+        raise DataError(
+            f"item {item_id}: its prompt is {len(whole) - 1} tokens, longer than max_length {max_length}; "
+            "raise max_length (up to the model's context) or leave the item out"
+        )
+    return ScoredSequence(whole[:-1], np.arange(len(context) - 1, len(whole) - 1), continuation)
+
+
+@dataclass(kw_only=True)
+class LoglikelihoodScoring:
+    """Base of the value functions scoring lm-eval loglikelihood requests (context, continuation) per item.
+
+    Holds the tokenising and packing settings; :meth:`pack_requests` tokenises each item's requests as
+    lm-eval's ``TemplateLM`` does and packs them over their common prefix; :meth:`score` reads one batch.
+    """
+
+    add_bos: bool = False
+    reuse_prefix: bool = True
+    max_length: int | None = None
+    max_row_tokens: int = 2048
+    max_batch_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        self._tokens: torch.Tensor | None = None
+        self._readouts: list[Readout] = []
+        self._request_count = 0
+
+    def pack_requests(
+        self, tokenizer: PreTrainedTokenizerBase, pair_sets: Sequence[Sequence[tuple[str, str]]], ids: Sequence[str]
+    ) -> list[TokenBatch]:
+        """Token batches of every item's requests (numbered in order); ``ids`` name the items in errors."""
+        groups, self._tokens = request_sequences(
+            tokenizer, pair_sets, ids, add_bos=self.add_bos, max_length=resolve_max_length(tokenizer, self.max_length)
+        )
+        batches, self._readouts = pack_scored(
+            groups,
+            reuse_prefix=self.reuse_prefix,
+            max_row_tokens=self.max_row_tokens,
+            max_batch_tokens=self.max_batch_tokens,
+            pad_id=pad_token_id(tokenizer),
+        )
+        self._request_count = sum(len(group) for group in groups)
+        return batches
+
+    def score(self, batch_index: int, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
+        """float[r, 3]: (request index, log-likelihood, all tokens greedy) of the requests in this batch."""
+        return score_choices(self._readouts[batch_index], final_hidden, head)
+
+    def responses(self, statistics: list[np.ndarray]) -> np.ndarray:
+        """float[requests, 2]: (log-likelihood, all tokens greedy) per request, from every batch's statistics."""
+        return gather_choice_statistics(statistics, self._request_count)
 
 
 # ----------------------------------------------------------------------------------------------- templates
@@ -367,7 +317,7 @@ def select_items(
 
 
 @dataclass
-class MultipleChoice:
+class MultipleChoice(LoglikelihoodScoring):
     """A multiple-choice task scored by continuation log-likelihood; one value column per metric.
 
     ``metrics`` default to the task's lm-eval metrics (``acc`` and, except BoolQ and Winogrande, ``acc_norm``);
@@ -382,22 +332,15 @@ class MultipleChoice:
     source: str = "local"
     data_dir: Path | None = None
     metrics: tuple[str, ...] | None = None
-    add_bos: bool = False
-    reuse_prefix: bool = True
-    max_length: int | None = None
-    max_row_tokens: int = 2048
-    max_batch_tokens: int = 8192
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._template = task_template(self.task)
         self._metrics = tuple(self.metrics) if self.metrics is not None else self._template.metrics
         unknown = [metric for metric in self._metrics if metric not in METRICS]
         if unknown or not self._metrics:
             raise ConfigError(f"unknown metric(s) {unknown or '(none given)'}: use some of {', '.join(METRICS)}")
         self._requests: list[ChoiceRequests] | None = None
-        self._tokens: torch.Tensor | None = None
-        self._readouts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._choice_count = 0
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -411,19 +354,9 @@ class MultipleChoice:
         )
         selected = select_items(items, self.limit, self.sample, self.seed)
         self._requests = [template.build(item) for item in selected]
-        ids = [item.id for item in selected]
-        batches, self._readouts, self._tokens = build_choice_batches(
-            tokenizer,
-            [request.pairs for request in self._requests],
-            ids,
-            add_bos=self.add_bos,
-            reuse_prefix=self.reuse_prefix,
-            max_length=resolve_max_length(tokenizer, self.max_length),
-            max_row_tokens=self.max_row_tokens,
-            max_batch_tokens=self.max_batch_tokens,
+        return self.pack_requests(
+            tokenizer, [request.pairs for request in self._requests], [item.id for item in selected]
         )
-        self._choice_count = sum(len(request.pairs) for request in self._requests)
-        return batches
 
     def fingerprint(self) -> str:
         if self._tokens is None or self._requests is None:
@@ -440,10 +373,6 @@ class MultipleChoice:
         }
         return digest(settings, self._tokens)
 
-    def score(self, batch_index: int, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
-        """float[c, 3]: (global choice index, log-likelihood, all tokens greedy) of the choices in this batch."""
-        return score_choices(self._readouts[batch_index], final_hidden, head)
-
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         loglikelihoods = self.choice_loglikelihoods(statistics)
         per_item = self.per_item_metrics(loglikelihoods)
@@ -453,7 +382,7 @@ class MultipleChoice:
         """Per item, the log-likelihood of each choice's continuation (lm-eval's ``resps``)."""
         if self._requests is None:
             raise ConfigError("call prepare(tokenizer) before scoring")
-        flat = gather_choice_statistics(statistics, self._choice_count)[:, 0]
+        flat = self.responses(statistics)[:, 0]
         result, offset = [], 0
         for request in self._requests:
             result.append(flat[offset : offset + len(request.pairs)])
@@ -473,76 +402,11 @@ class MultipleChoice:
         return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "p_correct": np.array(p_correct)}
 
 
-def build_choice_batches(
-    tokenizer: PreTrainedTokenizerBase,
-    pair_sets: Sequence[Sequence[tuple[str, str]]],
-    ids: Sequence[str],
-    *,
-    add_bos: bool,
-    reuse_prefix: bool,
-    max_length: int,
-    max_row_tokens: int,
-    max_batch_tokens: int,
-) -> tuple[list[TokenBatch], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """Token batches for loglikelihood requests grouped by item (each group shares its common token prefix).
-
-    Returns the batches, per batch the readout (rows, columns, targets, global request index per scored
-    token), and all unpacked input tokens concatenated (for fingerprints).
-    """
-    flat_pairs = [pair for pairs in pair_sets for pair in pairs]
-    encoded = encode_pairs(tokenizer, flat_pairs, add_bos)
-    groups: list[tuple[list[int], list[list[int]]]] = []
-    scored: list[tuple[np.ndarray, list[int]]] = []  # per request: unpacked positions, targets
-    unpacked: list[int] = []
-    offset = 0
-    for item_id, pairs in zip(ids, pair_sets, strict=True):
-        inputs = []
-        for context, continuation in encoded[offset : offset + len(pairs)]:
-            if not continuation:
-                raise DataError(f"item {item_id}: a choice's continuation encodes to no tokens; nothing to score")
-            whole = context + continuation
-            if len(whole) - 1 > max_length:
-                raise DataError(
-                    f"item {item_id}: its prompt is {len(whole) - 1} tokens, longer than max_length {max_length}; "
-                    "raise max_length (up to the model's context) or leave the item out"
-                )
-            inputs.append(whole[:-1])
-            scored.append((np.arange(len(context) - 1, len(whole) - 1), continuation))
-            unpacked.extend(whole)
-        shared = common_prefix_length(inputs)
-        groups.append((inputs[0][:shared], [sequence[shared:] for sequence in inputs]))
-        offset += len(pairs)
-    packed = pack_sequences(
-        groups,
-        reuse_prefix=reuse_prefix,
-        max_row_tokens=max_row_tokens,
-        max_batch_tokens=max_batch_tokens,
-        pad_id=pad_token_id(tokenizer),
-    )
-    per_batch: list[list[tuple[np.ndarray, np.ndarray, list[int], np.ndarray]]] = [[] for _ in packed.batches]
-    for request, (positions, targets) in enumerate(scored):
-        columns = packed.columns(request, positions)
-        rows = np.full(len(positions), packed.row[request])
-        per_batch[packed.batch[request]].append((rows, columns, targets, np.full(len(positions), request)))
-    readouts = [
-        (
-            torch.from_numpy(np.concatenate([entry[0] for entry in entries])),
-            torch.from_numpy(np.concatenate([entry[1] for entry in entries])),
-            torch.tensor([token for entry in entries for token in entry[2]], dtype=torch.long),
-            torch.from_numpy(np.concatenate([entry[3] for entry in entries])),
-        )
-        for entries in per_batch
-    ]
-    return packed.batches, readouts, torch.tensor(unpacked, dtype=torch.long)
-
-
-def score_choices(
-    readout: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], final_hidden: torch.Tensor, head: nn.Module
-) -> np.ndarray:
+def score_choices(readout: Readout, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
     """float[r, 3]: (request index, summed log-likelihood, all greedy) for the requests scored in one batch."""
-    rows, columns, targets, owners = (tensor.to(final_hidden.device) for tensor in readout)
-    logprobs, greedy = continuation_logprobs(final_hidden, head, rows, columns, targets)
-    requests, inverse = torch.unique(owners, return_inverse=True)
+    readout = readout.to(final_hidden.device)
+    logprobs, greedy = continuation_logprobs(final_hidden, head, readout.rows, readout.columns, readout.targets)
+    requests, inverse = torch.unique(readout.owners, return_inverse=True)
     sums = torch.zeros(len(requests), dtype=torch.float64, device=logprobs.device)
     sums.index_add_(0, inverse, logprobs.double())
     misses = torch.zeros(len(requests), dtype=torch.long, device=logprobs.device)
