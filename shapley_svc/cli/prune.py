@@ -13,19 +13,8 @@ from the first 4 windows a ranking from ``shapley-svc run`` is estimated on); th
 from __future__ import annotations
 
 import argparse
-import json
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-from shapley_svc.errors import ConfigError
-
-if TYPE_CHECKING:
-    from shapley_svc.pruning.curves import Split
-    from shapley_svc.pruning.select import PruningPlan
-    from shapley_svc.ranking import Ranking
-    from shapley_svc.values.lm_loss import LanguageModelingLoss
 
 DEFAULT_CALIBRATION = (4, 4)
 DEFAULT_JUDGE = (8, 8)
@@ -43,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--out", required=True, type=Path, help="new folder for the pruned checkpoint and summary")
     parser.add_argument("--dtype", default="float32", help="bfloat16, float32, float16 or auto (default float32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    chosen = parser.add_argument_group("what to remove: a ranking file, or explicit lists")
+    _selection_flags(parser.add_argument_group("what to remove: a ranking file, or explicit lists"))
+    _evaluation_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def _selection_flags(chosen: argparse._ArgumentGroup) -> None:
+    """What to remove: a ranking file with the selection rules, or explicit lists."""
     chosen.add_argument("--ranking", type=Path, help="ranking JSON (the shapley-svc Ranking format)")
     chosen.add_argument("--method", help="which ranking of a ranking set to use (e.g. leave_one_out)")
     chosen.add_argument("--task", help="with --method: the task of the ranking to use, when several")
@@ -60,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     chosen.add_argument("--blocks", type=_indices, default=(), help="remove these blocks, e.g. 27,28")
     chosen.add_argument("--attn", type=_indices, default=(), help="remove the attention of these layers")
     chosen.add_argument("--mlp", type=_indices, default=(), help="remove the MLP of these layers")
+
+
+def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
+    """Recovery, and the LM-loss data it is calibrated and the pruned model judged on."""
     recovery = parser.add_argument_group("recovery")
     recovery.add_argument(
         "--recovery",
@@ -94,7 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="windows the ranking was estimated on, to check they are disjoint (e.g. 0:4)",
     )
     data.add_argument("--latency-repeats", type=int, default=5, help="interleaved timing repeats; 0 skips timing")
-    parser.set_defaults(handler=run)
 
 
 def _indices(text: str) -> tuple[int, ...]:
@@ -115,182 +113,14 @@ def _window_range(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Select, prune, recover, measure, save and print the summary."""
-    # Heavy imports here so that `shapley-svc --help` stays fast.
-    from shapley_svc.model.layouts import resolve
-    from shapley_svc.model.loading import load_model
-    from shapley_svc.model.masked import MaskedModel
-    from shapley_svc.pruning import apply, curves, recovery, savings
-    from shapley_svc.values.lm_loss import LanguageModelingLoss
+    """Prune as the flags say (:func:`shapley_svc.pruning.workflow.prune`) and print the summary."""
+    # Imported here so that `shapley-svc --help` stays fast.
+    from shapley_svc.pruning.workflow import PruneRequest, prune
 
-    explicit = bool(args.blocks or args.attn or args.mlp)
-    if explicit == (args.ranking is not None):
-        raise ConfigError("give either --ranking FILE (with --count or --fraction) or --blocks/--attn/--mlp lists")
-    if explicit and (args.count is not None or args.fraction is not None or args.method or args.target):
-        raise ConfigError(
-            "--count/--fraction/--method/--target select from a --ranking; drop them with --blocks/--attn/--mlp"
-        )
-    if args.out.exists() and any(args.out.iterdir()):
-        raise ConfigError(f"output folder {args.out} exists and is not empty: choose a new --out folder")
-    ranking = None if explicit else _load_ranking(args.ranking, args.method, args.task)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    num_layers = len(resolve(loaded.model, loaded.layout.layers))
-    if ranking is None:
-        plan = _explicit_plan(args, num_layers)
-        source, split = "explicit list", curves.Split("-")
-    else:
-        plan, source, split = _ranking_plan(args, ranking, num_layers)
-        if ranking.model_fingerprint != loaded.fingerprint:
-            source += " [its model fingerprint differs from this model's: other weights or --dtype?]"
-    if args.ranking_windows is not None:
-        split = _lm_split(args, args.ranking_windows, LanguageModelingLoss)
-    if not plan.removed:
-        raise ConfigError("nothing to remove: raise --count/--fraction or list --blocks/--attn/--mlp")
-
-    judge = _lm_loss(args, args.judge_windows, LanguageModelingLoss)
-    judge_batches = [batch.to(loaded.device) for batch in judge.prepare(loaded.tokenizer)]
-    pruned = apply.prune_model(loaded.model, loaded.layout, plan)
-    loss_before = -float(recovery.evaluate_value(loaded.model, loaded.layout, judge, judge_batches)[0])
-    loss_after = -float(recovery.evaluate_value(pruned, loaded.layout, judge, judge_batches)[0])
-
-    out = apply.save_pruned(
-        loaded,
-        plan,
-        args.out,
-        pruned=pruned,
-        provenance={
-            "ranking": source,
-            "ranking_split": split.description,
-            "judge_split": curves.describe_split(judge).description,
-        },
-    )
-    summary_kwargs: dict[str, Any] = {}
-    if args.recovery != "none":
-        calibration_fn = _lm_loss(args, args.calibration_windows, LanguageModelingLoss)
-        calibration_batches = [b.to(loaded.device) for b in calibration_fn.prepare(loaded.tokenizer)]
-        adapters = recovery.fit(
-            loaded.model, loaded.layout, plan, calibration_batches, kind=args.recovery, rank=args.rank
-        )
-        calibration = recovery.calibrate_scales(
-            pruned,
-            loaded.layout,
-            adapters,
-            lambda model: -float(recovery.evaluate_value(model, loaded.layout, calibration_fn, calibration_batches)[0]),
-        )
-        adapters.save(out / recovery.RECOVERY_FILE)
-        with recovery.attached(pruned, loaded.layout, adapters):
-            recovered = -float(recovery.evaluate_value(pruned, loaded.layout, judge, judge_batches)[0])
-        summary_kwargs = {
-            "judge_recovered": recovered,
-            "recovery": args.recovery,
-            "recovery_scales": calibration.scales,
-            "calibration_split": curves.describe_split(calibration_fn),
-            "calibration_before": calibration.loss_without,
-            "calibration_after": calibration.loss_with,
-        }
-
-    latency_before = latency_after = None
-    if args.latency_repeats > 0:
-        tokens = judge_batches[0].input_ids[:4]
-        pruned_masked = MaskedModel(pruned, loaded.layout, "sublayer")
-        skip_mask = np.array([p not in set(apply.skipped_in_pruned(plan)) for p in pruned_masked.players])
-        run_pruned = savings.forward_call(pruned, tokens)
-
-        def run_skip_form() -> object:
-            with pruned_masked.active(skip_mask):
-                return run_pruned()
-
-        times = savings.interleaved_median(
-            {"before": savings.forward_call(loaded.model, tokens), "after": run_skip_form},
-            repeats=args.latency_repeats,
-        )
-        latency_before, latency_after = times["before"], times["after"]
-
-    summary = curves.PruningSummary(
-        model=loaded.name,
-        removed=list(plan.names),
-        ranking_source=source,
-        ranking_split=split,
-        judge_split=curves.describe_split(judge),
-        before=savings.footprint(loaded.model, loaded.layout, None, latency_before),
-        after=savings.footprint(loaded.model, loaded.layout, plan, latency_after),
-        judge_task=f"{args.corpus} loss (nats)",
-        judge_before=loss_before,
-        judge_after=loss_after,
-        **summary_kwargs,
-    )
-    (out / "pruning-summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
-    print(summary.format())
+    report = prune(PruneRequest(**{field.name: getattr(args, field.name) for field in fields(PruneRequest)}))
+    print(report.summary.format())
     print(
-        f"saved to {out} (plain transformers: AutoModelForCausalLM.from_pretrained; skip form: "
+        f"saved to {report.out} (plain transformers: AutoModelForCausalLM.from_pretrained; skip form: "
         "shapley_svc.pruning.load_skipping)"
     )
     return 0
-
-
-def _explicit_plan(args: argparse.Namespace, num_layers: int) -> PruningPlan:
-    from shapley_svc.model.masked import Player
-    from shapley_svc.pruning.select import PruningPlan
-
-    players = [Player(i, "block") for i in args.blocks]
-    players += [Player(i, "attn") for i in args.attn] + [Player(i, "mlp") for i in args.mlp]
-    return PruningPlan.from_players(players, num_layers)
-
-
-def _ranking_plan(args: argparse.Namespace, ranking: Ranking, num_layers: int) -> tuple[PruningPlan, str, Split]:
-    from shapley_svc.pruning.select import select
-
-    target = args.target or ranking.granularity
-    plan = select(
-        ranking,
-        num_layers,
-        target=target,
-        count=args.count,
-        fraction=args.fraction,
-        protect_first=args.protect_first,
-        protect_last=args.protect_last,
-    )
-    source = f"{ranking.method}{'' if ranking.task is None else f' on {ranking.task}'} from {args.ranking}"
-    return plan, source, ranking_split(ranking)
-
-
-def ranking_split(ranking: Ranking) -> Split:
-    """The split a ranking was estimated on, from its metadata (``corpus``, ``window``, ``first_window``,
-    ``windows`` as written by LM-loss rankings, or a free-text ``split``)."""
-    from shapley_svc.pruning.curves import Split
-
-    meta = ranking.metadata
-    keys = ("corpus", "window", "first_window", "windows")
-    if all(key in meta for key in keys):
-        first, last = int(meta["first_window"]), int(meta["first_window"]) + int(meta["windows"]) - 1
-        corpus, window = str(meta["corpus"]), int(meta["window"])
-        return Split(f"{corpus} windows {first}-{last} of {window} tokens", corpus, window, (first, last))
-    if "split" in meta:
-        return Split(str(meta["split"]))
-    what = ranking.task or "static metrics"
-    return Split(f"{what} (split not recorded in the ranking; state it with --ranking-windows)")
-
-
-def _load_ranking(path: Path, method: str | None, task: str | None) -> Ranking:
-    from shapley_svc.ranking import RankingSet
-
-    rankings = RankingSet.load(path)
-    if method is not None:
-        return rankings.find(method, task)
-    if len(rankings.rankings) != 1:
-        available = ", ".join(sorted({r.method for r in rankings.rankings}))
-        raise ConfigError(f"{path} holds {len(rankings.rankings)} rankings: pick one with --method ({available})")
-    return rankings.rankings[0]
-
-
-def _lm_loss(
-    args: argparse.Namespace, windows: tuple[int, int], factory: type[LanguageModelingLoss]
-) -> LanguageModelingLoss:
-    first, count = windows
-    return factory(corpus=args.corpus, data_dir=args.data_dir, window=args.window, windows=count, first_window=first)
-
-
-def _lm_split(args: argparse.Namespace, windows: tuple[int, int], factory: type[LanguageModelingLoss]) -> Split:
-    from shapley_svc.pruning.curves import describe_split
-
-    return describe_split(_lm_loss(args, windows, factory))

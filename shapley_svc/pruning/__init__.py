@@ -3,7 +3,8 @@ savings, recover with cheap emulators, and draw pruning curves judged on held-ou
 
 Modules: :mod:`.select` (what goes), :mod:`.apply` (plain and skip forms of the checkpoint),
 :mod:`.savings` (parameters, KV bytes per token, latency), :mod:`.recovery` (bias / low-rank emulators),
-:mod:`.curves` (curves and the honest-evaluation summary).
+:mod:`.curves` (curves and the honest-evaluation summary), :mod:`.workflow` (all of it in one call,
+as ``shapley-svc prune`` runs it).
 """
 
 from shapley_svc.players import parse_player
