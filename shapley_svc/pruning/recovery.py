@@ -40,6 +40,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
 from shapley_svc.engine import TokenBatch
+from shapley_svc.engine.backbone import run_backbone, temporary_hooks
 from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import Layout, resolve
 from shapley_svc.players import Player, parse_player
@@ -226,10 +227,27 @@ def fit(
     if ridge <= 0:
         raise ConfigError(f"ridge must be > 0, got {ridge}")
     moments = {player.name: _Moments() for player in plan.removed}
-    second_order = kind == "lowrank"
-    layers = resolve(model, layout.layers)
     backbone = resolve(model, layout.layers.rsplit(".", 1)[0])
-    handles: list[RemovableHandle] = []
+    with temporary_hooks() as handles:
+        _add_collecting_hooks(handles, model, layout, plan, moments, second_order=kind == "lowrank")
+        with torch.inference_mode():
+            for batch in batches:
+                run_backbone(backbone, batch)
+    emulators = {name: _solve(m, kind, rank, ridge) for name, m in moments.items()}
+    return RecoveryAdapters(plan, kind, rank if kind == "lowrank" else 0, emulators)
+
+
+def _add_collecting_hooks(
+    handles: list[RemovableHandle],
+    model: PreTrainedModel,
+    layout: Layout,
+    plan: PruningPlan,
+    moments: dict[str, _Moments],
+    *,
+    second_order: bool,
+) -> None:
+    """Hooks adding each removed player's input ``x`` and update ``u`` to its moments; appended to ``handles``."""
+    layers = resolve(model, layout.layers)
     inputs: dict[str, torch.Tensor] = {}
 
     def remember(key: str, position: int) -> Callable[..., None]:
@@ -248,30 +266,16 @@ def fit(
 
         return hook
 
-    try:
-        for player in plan.removed:
-            layer = layers[player.layer]
-            if player.kind == "mlp":
-                norm = resolve(layer, layout.mlp_norm)
-                handles.append(norm.register_forward_pre_hook(remember(f"{player.layer}.mlp", 0), with_kwargs=True))
-                handles.append(resolve(layer, layout.mlp).register_forward_hook(collect(player)))
-                continue
-            handles.append(layer.register_forward_pre_hook(remember(f"{player.layer}.layer", 0), with_kwargs=True))
-            target = layer if player.kind == "block" else resolve(layer, layout.attention)
-            handles.append(target.register_forward_hook(collect(player)))
-        with torch.inference_mode():
-            for batch in batches:
-                backbone(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    use_cache=False,
-                )
-    finally:
-        for handle in handles:
-            handle.remove()
-    emulators = {name: _solve(m, kind, rank, ridge) for name, m in moments.items()}
-    return RecoveryAdapters(plan, kind, rank if kind == "lowrank" else 0, emulators)
+    for player in plan.removed:
+        layer = layers[player.layer]
+        if player.kind == "mlp":
+            norm = resolve(layer, layout.mlp_norm)
+            handles.append(norm.register_forward_pre_hook(remember(f"{player.layer}.mlp", 0), with_kwargs=True))
+            handles.append(resolve(layer, layout.mlp).register_forward_hook(collect(player)))
+            continue
+        handles.append(layer.register_forward_pre_hook(remember(f"{player.layer}.layer", 0), with_kwargs=True))
+        target = layer if player.kind == "block" else resolve(layer, layout.attention)
+        handles.append(target.register_forward_hook(collect(player)))
 
 
 def _solve(moments: _Moments, kind: str, rank: int, ridge: float) -> Emulator:
@@ -305,12 +309,7 @@ def evaluate_value(
     head = resolve(model, layout.head)
     statistics = []
     for index, batch in enumerate(batches):
-        final_hidden = backbone(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state
+        final_hidden = run_backbone(backbone, batch).last_hidden_state
         statistics.append(value_fn.score(index, final_hidden, head))
     return np.asarray(value_fn.finalize(statistics), dtype=np.float64)
 
