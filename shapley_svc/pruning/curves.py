@@ -221,56 +221,17 @@ class PruningSummary:
 
     def format(self) -> str:
         """A readable multi-line table of the summary."""
-
-        def row(label: str, before: object, after: object, change: str = "") -> str:
-            return f"  {label:<26}{before!s:>16}{after!s:>16}  {change}"
-
-        def ratio(a: float | None, b: float | None) -> str:
-            return f"{(b / a - 1) * 100:+.1f}%" if a and b is not None else ""
-
         held = {True: "yes", False: "NO - the judging data overlaps", None: "unknown"}[self.held_out]
         lines = [
             f"pruned {self.model}: removed {len(self.removed)} player(s): {', '.join(self.removed) or '(none)'}",
             f"  ranking: {self.ranking_source} (estimated on: {self.ranking_split.description})",
             f"  judged on: {self.judge_split.description} (held out: {held})",
-            row("", "before", "after"),
-            row(
-                "parameters",
-                f"{self.before.parameters:,}",
-                f"{self.after.parameters:,}",
-                ratio(self.before.parameters, self.after.parameters),
-            ),
-            row(
-                "active parameters",
-                f"{self.before.active_parameters:,}",
-                f"{self.after.active_parameters:,}",
-                ratio(self.before.active_parameters, self.after.active_parameters),
-            ),
-            row(
-                "KV bytes/token (skip)",
-                f"{self.before.kv_bytes_per_token:,}",
-                f"{self.after.kv_bytes_per_token:,}",
-                ratio(self.before.kv_bytes_per_token, self.after.kv_bytes_per_token),
-            ),
-            row(
-                "KV bytes/token (plain)",
-                f"{self.before.kv_bytes_per_token_plain:,}",
-                f"{self.after.kv_bytes_per_token_plain:,}",
-                ratio(self.before.kv_bytes_per_token_plain, self.after.kv_bytes_per_token_plain),
-            ),
+            _row("", "before", "after"),
+            *self._footprint_rows(),
+            _row(f"held-out {self.judge_task}", f"{self.judge_before:.4f}", f"{self.judge_after:.4f}"),
         ]
-        if self.before.latency_s is not None and self.after.latency_s is not None:
-            lines.append(
-                row(
-                    "forward latency (ms)",
-                    f"{self.before.latency_s * 1e3:.1f}",
-                    f"{self.after.latency_s * 1e3:.1f}",
-                    ratio(self.before.latency_s, self.after.latency_s),
-                )
-            )
-        lines.append(row(f"held-out {self.judge_task}", f"{self.judge_before:.4f}", f"{self.judge_after:.4f}"))
         if self.judge_recovered is not None:
-            lines.append(row(f"  + recovery ({self.recovery})", "", f"{self.judge_recovered:.4f}"))
+            lines.append(_row(f"  + recovery ({self.recovery})", "", f"{self.judge_recovered:.4f}"))
             lines.append(f"  recovery scales: {self.recovery_scales}")
         if self.calibration_split is not None and self.calibration_before is not None:
             lines.append(
@@ -278,3 +239,36 @@ class PruningSummary:
                 f"{self.calibration_before:.4f} -> {self.calibration_after:.4f}"
             )
         return "\n".join(lines)
+
+    def _footprint_rows(self) -> list[str]:
+        """Parameters, KV bytes per token and (when timed) latency, before and after, with the change."""
+        rows = []
+        for label, name in _FOOTPRINT_ROWS:
+            before, after = getattr(self.before, name), getattr(self.after, name)
+            rows.append(_row(label, f"{before:,}", f"{after:,}", _change(before, after)))
+        before_s, after_s = self.before.latency_s, self.after.latency_s
+        if before_s is not None and after_s is not None:
+            rows.append(
+                _row(
+                    "forward latency (ms)", f"{before_s * 1e3:.1f}", f"{after_s * 1e3:.1f}", _change(before_s, after_s)
+                )
+            )
+        return rows
+
+
+_FOOTPRINT_ROWS = (
+    ("parameters", "parameters"),
+    ("active parameters", "active_parameters"),
+    ("KV bytes/token (skip)", "kv_bytes_per_token"),
+    ("KV bytes/token (plain)", "kv_bytes_per_token_plain"),
+)
+"""(label, :class:`Footprint` field) of the summary's integer rows, in table order."""
+
+
+def _row(label: str, before: object, after: object, change: str = "") -> str:
+    return f"  {label:<26}{before!s:>16}{after!s:>16}  {change}"
+
+
+def _change(before: float | None, after: float | None) -> str:
+    """The relative change from ``before`` to ``after`` as a signed percentage; empty when undefined."""
+    return f"{(after / before - 1) * 100:+.1f}%" if before and after is not None else ""
