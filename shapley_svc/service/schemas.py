@@ -6,8 +6,9 @@ in JSON, never NaN. Ranks count from 1, the most important player; ``value`` is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -25,6 +26,13 @@ class _Response(BaseModel):
     """Base of every response: immutable; unknown fields ignored, so an older client reads a newer server."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+def _frame(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
+    """A pandas DataFrame of ``rows`` (tuples in ``columns`` order); pandas is imported only when one is asked for."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rows), columns=list(columns))
 
 
 class RunProgress(_Response):
@@ -108,25 +116,16 @@ class JobResults(_Response):
 
     def as_dataframe(self) -> pd.DataFrame:
         """One row per (granularity, estimator, task, player): value, stderr, count."""
-        import pandas as pd
-
-        rows = [
-            {
-                "granularity": entry.granularity,
-                "estimator": entry.estimator,
-                "task": entry.task,
-                "player": player,
-                "value": value,
-                "stderr": stderr,
-                "count": count,
-            }
-            for entry in self.results
-            for player, value, stderr, count in zip(
-                entry.players, entry.values, entry.stderr, entry.counts, strict=True
-            )
-        ]
-        columns = ["granularity", "estimator", "task", "player", "value", "stderr", "count"]
-        return pd.DataFrame(rows, columns=columns)
+        return _frame(
+            ("granularity", "estimator", "task", "player", "value", "stderr", "count"),
+            (
+                (entry.granularity, entry.estimator, entry.task, player, value, stderr, count)
+                for entry in self.results
+                for player, value, stderr, count in zip(
+                    entry.players, entry.values, entry.stderr, entry.counts, strict=True
+                )
+            ),
+        )
 
 
 class RankedPlayer(_Response):
@@ -152,10 +151,9 @@ class RankingView(_Response):
 
     def as_dataframe(self) -> pd.DataFrame:
         """One row per listed player: rank, player, value, stderr (in the listed order)."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            [entry.model_dump() for entry in self.players], columns=["rank", "player", "value", "stderr"]
+        return _frame(
+            ("rank", "player", "value", "stderr"),
+            ((entry.rank, entry.player, entry.value, entry.stderr) for entry in self.players),
         )
 
 
@@ -189,20 +187,20 @@ class ComparisonView(_Response):
 
     def as_dataframe(self) -> pd.DataFrame:
         """One row per task pair: task_a, task_b, spearman, kendall, and the top mover's name and shift."""
-        import pandas as pd
-
-        rows = [
-            {
-                "task_a": pair.task_a,
-                "task_b": pair.task_b,
-                "spearman": pair.spearman,
-                "kendall": pair.kendall,
-                "top_mover": pair.movers[0].player if pair.movers else None,
-                "top_shift": pair.movers[0].shift if pair.movers else None,
-            }
-            for pair in self.pairs
-        ]
-        return pd.DataFrame(rows, columns=["task_a", "task_b", "spearman", "kendall", "top_mover", "top_shift"])
+        return _frame(
+            ("task_a", "task_b", "spearman", "kendall", "top_mover", "top_shift"),
+            (
+                (
+                    pair.task_a,
+                    pair.task_b,
+                    pair.spearman,
+                    pair.kendall,
+                    pair.movers[0].player if pair.movers else None,
+                    pair.movers[0].shift if pair.movers else None,
+                )
+                for pair in self.pairs
+            ),
+        )
 
 
 class Health(_Response):
