@@ -219,19 +219,11 @@ def masked_lm(
             add_bos_here = self.add_bos if add_special_tokens is None else add_special_tokens
             return encode_texts(tokenizer, [string], add_bos_here)[0]
 
-        @torch.inference_mode()
         def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-            device = next(masked.model.parameters()).device
-            results = []
-            with masked.active(self.mask):
-                for request_strings, context_ids, continuation_ids in requests:
-                    inputs = (list(context_ids) + list(continuation_ids))[-(self.max_length + 1) :][:-1]
-                    logits = masked.model(torch.tensor([inputs], device=device)).logits[0, -len(continuation_ids) :]
-                    logprobs = F.log_softmax(logits.float(), dim=-1)
-                    targets = torch.tensor(continuation_ids, device=device)
-                    total = float(logprobs.gather(1, targets[:, None]).sum())
-                    results.append((total, bool((logits.argmax(dim=-1) == targets).all())))
-                    self.cache_hook.add_partial("loglikelihood", request_strings, results[-1])
+            pairs = [(context_ids, continuation_ids) for _, context_ids, continuation_ids in requests]
+            results = plain_loglikelihoods(masked, self.mask, pairs, self.max_length)
+            for (request_strings, _, _), result in zip(requests, results, strict=True):
+                self.cache_hook.add_partial("loglikelihood", request_strings, result)
             return results
 
         def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -241,6 +233,30 @@ def masked_lm(
             raise ConfigError("MaskedLM scores loglikelihood requests only; generation is not supported")
 
     return MaskedLM()
+
+
+@torch.inference_mode()
+def plain_loglikelihoods(
+    masked: MaskedModel,
+    mask: np.ndarray,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    max_length: int,
+) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), all continuation tokens greedy) per (context, continuation) token pair.
+
+    One plain forward per pair under ``mask``, keeping the last ``max_length`` input tokens (lm-eval's loop).
+    """
+    device = next(masked.model.parameters()).device
+    results = []
+    with masked.active(mask):
+        for context_ids, continuation_ids in pairs:
+            inputs = (list(context_ids) + list(continuation_ids))[-(max_length + 1) :][:-1]
+            logits = masked.model(torch.tensor([inputs], device=device)).logits[0, -len(continuation_ids) :]
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            targets = torch.tensor(continuation_ids, device=device)
+            total = float(logprobs.gather(1, targets[:, None]).sum())
+            results.append((total, bool((logits.argmax(dim=-1) == targets).all())))
+    return results
 
 
 def write_mmlu_tasks(folder: Path, subjects: Sequence[MMLUSubject]) -> list[str]:
@@ -268,34 +284,38 @@ def write_mmlu_tasks(folder: Path, subjects: Sequence[MMLUSubject]) -> list[str]
                 for row in rows
             ]
             (folder / f"{subject.name}.{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        yaml_text = "\n".join(
-            [
-                f"task: {name}",
-                "dataset_path: json",
-                "dataset_kwargs:",
-                "  data_files:",
-                f"    test: {json.dumps(str(folder / f'{subject.name}.test.jsonl'))}",
-                f"    dev: {json.dumps(str(folder / f'{subject.name}.dev.jsonl'))}",
-                "test_split: test",
-                "fewshot_split: dev",
-                "fewshot_config:",
-                "  sampler: first_n",
-                f"num_fewshot: {len(subject.shots)}",
-                "output_type: multiple_choice",
-                f"description: {json.dumps(description(subject.name))}",
-                'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}'
-                '\\nD. {{choices[3]}}\\nAnswer:"',
-                'doc_to_choice: ["A", "B", "C", "D"]',
-                "doc_to_target: answer",
-                "metric_list:",
-                "  - metric: acc",
-                "    aggregation: mean",
-                "    higher_is_better: true",
-                "metadata:",
-                "  version: 1.0",
-                "",
-            ]
-        )
-        (folder / f"{name}.yaml").write_text(yaml_text, encoding="utf-8")
+        (folder / f"{name}.yaml").write_text(_mmlu_task_yaml(name, folder, subject), encoding="utf-8")
         names.append(name)
     return names
+
+
+def _mmlu_task_yaml(name: str, folder: Path, subject: MMLUSubject) -> str:
+    """The YAML of task ``name``: lm-eval's MMLU template over the subject's JSONL files in ``folder``."""
+    return "\n".join(
+        [
+            f"task: {name}",
+            "dataset_path: json",
+            "dataset_kwargs:",
+            "  data_files:",
+            f"    test: {json.dumps(str(folder / f'{subject.name}.test.jsonl'))}",
+            f"    dev: {json.dumps(str(folder / f'{subject.name}.dev.jsonl'))}",
+            "test_split: test",
+            "fewshot_split: dev",
+            "fewshot_config:",
+            "  sampler: first_n",
+            f"num_fewshot: {len(subject.shots)}",
+            "output_type: multiple_choice",
+            f"description: {json.dumps(description(subject.name))}",
+            'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}'
+            '\\nD. {{choices[3]}}\\nAnswer:"',
+            'doc_to_choice: ["A", "B", "C", "D"]',
+            "doc_to_target: answer",
+            "metric_list:",
+            "  - metric: acc",
+            "    aggregation: mean",
+            "    higher_is_better: true",
+            "metadata:",
+            "  version: 1.0",
+            "",
+        ]
+    )
