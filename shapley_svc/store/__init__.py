@@ -9,7 +9,9 @@ from shapley_svc.store.base import (
     ResultRecord,
     ResultStore,
     StoreError,
+    ValueCache,
 )
+from shapley_svc.store.memory import MemoryValueCache
 from shapley_svc.store.sqlite import SQLiteStore
 
 
@@ -24,9 +26,11 @@ __all__ = [
     "JobRecord",
     "JobStateError",
     "JobStatus",
+    "MemoryValueCache",
     "ResultRecord",
     "ResultStore",
     "SQLiteStore",
     "StoreError",
+    "ValueCache",
     "open_store",
 ]

@@ -3,8 +3,9 @@
 One protocol serves the runner (create a job, report progress, cache values, write results) and the service
 (list, read, cancel jobs; read results). Results are stored as the estimators' versioned JSON, never pickle.
 Cache keys are a game fingerprint (model + value function + granularity, see
-:meth:`shapley_svc.values.base.ModelGame.fingerprint`) and the coalition's bits, so any run with any number
-of workers reuses every value computed before.
+:meth:`shapley_svc.values.base.ModelGame.fingerprint`), the set-up that computed the value (device type,
+dtype, library versions) and the coalition's bits, so any run with any number of workers reuses every value
+computed before under the same set-up, and none computed under another one unless asked to.
 """
 
 from __future__ import annotations
@@ -84,7 +85,34 @@ class CacheLookup:
     values: Values
 
 
-class ResultStore(Protocol):
+class ValueCache(Protocol):
+    """Coalition values by game fingerprint, set-up and coalition; safe to share between threads.
+
+    The *set-up* (device type, dtype, torch and transformers versions, see
+    :meth:`shapley_svc.values.base.ModelGame.setup`) is part of the key: a value computed under one set-up is
+    not served to another unless a lookup asks for any set-up (``setup=None``) on purpose.
+    """
+
+    def lookup_values(
+        self, game: str, coalitions: Coalitions, n_tasks: int, *, setup: str | None = None
+    ) -> CacheLookup:
+        """Cached values of ``coalitions`` (bool[k, n]) under ``game`` and ``setup`` (``None``: any set-up)."""
+        ...
+
+    def put_values(self, game: str, coalitions: Coalitions, values: Values, *, setup: str = "") -> None:
+        """Cache finite ``values`` (float[k, t]) of ``coalitions``; non-finite values are a StoreError."""
+        ...
+
+    def count_values(self, game: str, *, setup: str | None = None) -> int:
+        """How many values are cached under ``game`` (and ``setup``; ``None``: every set-up)."""
+        ...
+
+    def value_setups(self, game: str) -> dict[str, int]:
+        """The set-ups holding values of ``game``, with how many each."""
+        ...
+
+
+class ResultStore(ValueCache, Protocol):
     """Jobs, results and the value cache behind one interface; safe to share between threads."""
 
     def create_job(self, spec: dict[str, Any], *, job_id: str | None = None) -> JobRecord:
@@ -118,18 +146,6 @@ class ResultStore(Protocol):
 
     def get_results(self, job_id: str) -> list[ResultRecord]:
         """Every result of ``job_id``, ordered by granularity, estimator, task."""
-        ...
-
-    def lookup_values(self, game: str, coalitions: Coalitions, n_tasks: int) -> CacheLookup:
-        """Cached values of ``coalitions`` (bool[k, n]) under game fingerprint ``game``."""
-        ...
-
-    def put_values(self, game: str, coalitions: Coalitions, values: Values) -> None:
-        """Cache finite ``values`` (float[k, t]) of ``coalitions``; non-finite values are a StoreError."""
-        ...
-
-    def count_values(self, game: str) -> int:
-        """How many coalitions are cached under ``game``."""
         ...
 
     def close(self) -> None:

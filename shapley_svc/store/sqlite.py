@@ -1,9 +1,11 @@
 """SQLite results store: one file in WAL mode, a schema-version table, one connection per thread.
 
 Tables: ``jobs`` (spec, status, progress JSON, timestamps, error), ``results`` (one ShapleyResult JSON per
-job x task x granularity x estimator) and ``value_cache`` (game fingerprint + packed coalition bits ->
-float64 values). Several processes may share the file (a service and the runners it starts): writes take
-an immediate lock and wait up to ``busy_timeout`` seconds for one another.
+job x task x granularity x estimator) and ``value_cache`` (game fingerprint + set-up + packed coalition bits
+-> float64 values). A version-1 file (no set-up column) is migrated in place: its values keep an empty set-up,
+so they are served again only to a run that reuses values across set-ups on purpose. Several processes
+may share the file (a service and the runners it starts): writes take an immediate lock and wait up to
+``busy_timeout`` seconds for one another.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from shapley_svc.coalitions import coalition_key
 from shapley_svc.store.base import (
     CacheLookup,
     JobNotFoundError,
@@ -32,7 +35,7 @@ from shapley_svc.store.base import (
 )
 from shapley_svc.types import Coalitions, Values
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOOKUP_BATCH = 400  # coalitions per IN (...) query, well under SQLite's bound-parameter limit
 
 _SCHEMA = """
@@ -60,23 +63,36 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE TABLE IF NOT EXISTS value_cache (
     game TEXT NOT NULL,
+    setup TEXT NOT NULL,
     coalition BLOB NOT NULL,
     n_players INTEGER NOT NULL,
     n_tasks INTEGER NOT NULL,
     value_bytes BLOB NOT NULL,
     created_at REAL NOT NULL,
-    PRIMARY KEY (game, coalition)
+    PRIMARY KEY (game, setup, coalition)
 ) WITHOUT ROWID;
+"""
+
+_MIGRATE_FROM_1 = """
+ALTER TABLE value_cache RENAME TO value_cache_v1;
+CREATE TABLE value_cache (
+    game TEXT NOT NULL,
+    setup TEXT NOT NULL,
+    coalition BLOB NOT NULL,
+    n_players INTEGER NOT NULL,
+    n_tasks INTEGER NOT NULL,
+    value_bytes BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (game, setup, coalition)
+) WITHOUT ROWID;
+INSERT INTO value_cache SELECT game, '', coalition, n_players, n_tasks, value_bytes, created_at FROM value_cache_v1;
+DROP TABLE value_cache_v1;
+UPDATE schema_version SET version = 2;
 """
 
 
 def _timestamp(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-
-def coalition_key(coalition: np.ndarray) -> bytes:
-    """The cache key bytes of one coalition (bool[n]): its bits packed, player 0 in the top bit."""
-    return np.packbits(np.asarray(coalition, dtype=bool)).tobytes()
 
 
 class SQLiteStore:
@@ -138,19 +154,26 @@ class SQLiteStore:
     def _initialise(self) -> None:
         try:
             with self._transaction() as connection:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-                row = connection.execute("SELECT version FROM schema_version").fetchone()
+                row = self._version(connection)
+                if row == 1:
+                    _execute_script(connection, _MIGRATE_FROM_1)
+                _execute_script(connection, _SCHEMA)
                 if row is None:
                     connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                elif row[0] > SCHEMA_VERSION:
+                elif row > SCHEMA_VERSION:
                     raise StoreError(
-                        f"the store {self.path} has schema version {row[0]}, newer than this shapley-svc "
+                        f"the store {self.path} has schema version {row}, newer than this shapley-svc "
                         f"understands ({SCHEMA_VERSION}); upgrade shapley-svc or use another store path"
                     )
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path} is not a usable SQLite store: {error}") from error
+
+    @staticmethod
+    def _version(connection: sqlite3.Connection) -> int | None:
+        """The schema version in the file, None for a new file."""
+        exists = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+        row = connection.execute("SELECT version FROM schema_version").fetchone() if exists else None
+        return None if row is None else int(row[0])
 
     def schema_version(self) -> int:
         """The schema version recorded in the file."""
@@ -294,8 +317,10 @@ class SQLiteStore:
 
     # -- value cache ----------------------------------------------------------------------------------------
 
-    def lookup_values(self, game: str, coalitions: Coalitions, n_tasks: int) -> CacheLookup:
-        """Cached values of ``coalitions`` (bool[k, n]) under game fingerprint ``game``."""
+    def lookup_values(
+        self, game: str, coalitions: Coalitions, n_tasks: int, *, setup: str | None = None
+    ) -> CacheLookup:
+        """Cached values of ``coalitions`` (bool[k, n]) under ``game`` and ``setup`` (``None``: any set-up)."""
         coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
         keys = [coalition_key(row) for row in coalitions]
         found = np.zeros(len(keys), dtype=bool)
@@ -308,10 +333,11 @@ class SQLiteStore:
         for start in range(0, len(unique), _LOOKUP_BATCH):
             batch = unique[start : start + _LOOKUP_BATCH]
             placeholders = ", ".join("?" * len(batch))
+            setup_clause, setup_value = ("", ()) if setup is None else (" AND setup = ?", (setup,))
             for key, n_players, stored_tasks, value_bytes in connection.execute(
                 "SELECT coalition, n_players, n_tasks, value_bytes FROM value_cache "
-                f"WHERE game = ? AND coalition IN ({placeholders})",
-                (game, *batch),
+                f"WHERE game = ?{setup_clause} AND coalition IN ({placeholders})",
+                (game, *setup_value, *batch),
             ):
                 if n_players != coalitions.shape[1] or stored_tasks != n_tasks:
                     raise StoreError(
@@ -324,7 +350,7 @@ class SQLiteStore:
                 values[indices] = np.frombuffer(value_bytes, dtype="<f8")
         return CacheLookup(found=found, values=values)
 
-    def put_values(self, game: str, coalitions: Coalitions, values: Values) -> None:
+    def put_values(self, game: str, coalitions: Coalitions, values: Values, *, setup: str = "") -> None:
         """Cache finite ``values`` (float[k, t]) of ``coalitions``; non-finite values are a StoreError."""
         coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
         values = np.atleast_2d(np.asarray(values, dtype=np.float64))
@@ -334,16 +360,39 @@ class SQLiteStore:
             raise StoreError("refusing to cache non-finite values: a NaN or infinite value is an evaluation error")
         now = time.time()
         rows = [
-            (game, coalition_key(coalition), coalitions.shape[1], values.shape[1], row.astype("<f8").tobytes(), now)
+            (
+                game,
+                setup,
+                coalition_key(coalition),
+                *coalitions.shape[1:],
+                values.shape[1],
+                row.astype("<f8").tobytes(),
+                now,
+            )
             for coalition, row in zip(coalitions, values, strict=True)
         ]
         with self._transaction() as connection:
             connection.executemany(
-                "INSERT OR REPLACE INTO value_cache (game, coalition, n_players, n_tasks, value_bytes, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO value_cache "
+                "(game, setup, coalition, n_players, n_tasks, value_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
-    def count_values(self, game: str) -> int:
-        """How many coalitions are cached under ``game``."""
-        return int(self._connection().execute("SELECT COUNT(*) FROM value_cache WHERE game = ?", (game,)).fetchone()[0])
+    def count_values(self, game: str, *, setup: str | None = None) -> int:
+        """How many values are cached under ``game`` (and ``setup``; ``None``: every set-up)."""
+        setups = self.value_setups(game)
+        return sum(setups.values()) if setup is None else setups.get(setup, 0)
+
+    def value_setups(self, game: str) -> dict[str, int]:
+        """The set-ups holding values of ``game``, with how many each."""
+        rows = self._connection().execute(
+            "SELECT setup, COUNT(*) FROM value_cache WHERE game = ? GROUP BY setup", (game,)
+        )
+        return {setup: int(count) for setup, count in rows}
+
+
+def _execute_script(connection: sqlite3.Connection, script: str) -> None:
+    """Run each statement of ``script`` inside the caller's transaction (``executescript`` would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)

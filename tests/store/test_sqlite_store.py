@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapley_svc.store import JobNotFoundError, JobStateError, JobStatus, SQLiteStore, StoreError
+from shapley_svc.store import JobNotFoundError, JobStateError, JobStatus, MemoryValueCache, SQLiteStore, StoreError
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_reopening_keeps_everything_and_checks_the_schema(tmp_path: Path) -> Non
     with SQLiteStore(path) as second:
         assert second.get_job("j").spec == {"a": 1}
         assert second.lookup_values("g", np.ones((1, 2), dtype=bool), 1).values[0, 0] == 1.5
-        assert second.schema_version() == 1
+        assert second.schema_version() == 2
     connection = sqlite3.connect(path)
     connection.execute("UPDATE schema_version SET version = 99")
     connection.commit()
@@ -130,3 +130,43 @@ def test_closed_store_refuses_work(tmp_path: Path) -> None:
     opened.close()
     with pytest.raises(StoreError, match="closed"):
         opened.list_jobs()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_values_are_keyed_by_setup(kind: str, tmp_path: Path) -> None:
+    cache = SQLiteStore(tmp_path / "s.sqlite") if kind == "sqlite" else MemoryValueCache()
+    coalitions = np.array([[1, 0], [0, 1]], dtype=bool)
+    cache.put_values("g", coalitions[:1], np.array([[1.0]]), setup="cpu-float32")
+    cache.put_values("g", coalitions[1:], np.array([[2.0]]), setup="cuda-bfloat16")
+    assert cache.lookup_values("g", coalitions, 1, setup="cpu-float32").found.tolist() == [True, False]
+    assert cache.lookup_values("g", coalitions, 1, setup="cuda-bfloat16").found.tolist() == [False, True]
+    assert cache.lookup_values("g", coalitions, 1).values[:, 0].tolist() == [1.0, 2.0]
+    assert cache.value_setups("g") == {"cpu-float32": 1, "cuda-bfloat16": 1}
+    assert cache.count_values("g") == 2 and cache.count_values("g", setup="cpu-float32") == 1
+    with pytest.raises(StoreError, match="non-finite"):
+        cache.put_values("g", coalitions[:1], np.array([[np.inf]]), setup="cpu-float32")
+
+
+def test_a_version_1_store_is_migrated_and_its_values_keep_an_empty_setup(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        """
+        CREATE TABLE schema_version (version INTEGER NOT NULL);
+        INSERT INTO schema_version VALUES (1);
+        CREATE TABLE value_cache (game TEXT NOT NULL, coalition BLOB NOT NULL, n_players INTEGER NOT NULL,
+            n_tasks INTEGER NOT NULL, value_bytes BLOB NOT NULL, created_at REAL NOT NULL,
+            PRIMARY KEY (game, coalition)) WITHOUT ROWID;
+        """
+    )
+    connection.execute(
+        "INSERT INTO value_cache VALUES (?, ?, 2, 1, ?, 0)",
+        ("g", np.packbits(np.array([1, 1], dtype=bool)).tobytes(), np.array([1.5]).astype("<f8").tobytes()),
+    )
+    connection.commit()
+    connection.close()
+    with SQLiteStore(path) as store:
+        assert store.schema_version() == 2
+        assert store.value_setups("g") == {"": 1}
+        assert not store.lookup_values("g", np.ones((1, 2), dtype=bool), 1, setup="cpu").found.any()
+        assert store.lookup_values("g", np.ones((1, 2), dtype=bool), 1).values[0, 0] == 1.5
