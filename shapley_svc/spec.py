@@ -26,13 +26,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from shapley_svc.errors import ConfigError
 from shapley_svc.players import Granularity
 
 SPEC_VERSION = 1
 
+REUSE_ACROSS_SETUPS_HELP = (
+    "serve cached values computed under another device type, dtype or torch / transformers version "
+    "(recorded in each result's provenance); by default they are computed again"
+)
 
 
 class _Strict(BaseModel):
@@ -84,17 +97,39 @@ class EstimatorSpec(_Strict):
 
 
 class StoppingRuleSpec(_Strict):
-    """One stopping criterion by registry name and parameters; a run stops when any rule (or the budget) says so."""
+    """A stopping criterion: one rule by registry name and parameters, or ``all_of`` / ``any_of`` a list of them.
 
-    name: str = Field(min_length=1)
+    Example (YAML): ``{all_of: [{name: stderr_below, params: {threshold: 0.01}}, {name: rank_stable}]}``.
+    """
+
+    name: str | None = Field(None, min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    all_of: list[StoppingRuleSpec] | None = Field(None, min_length=1)
+    any_of: list[StoppingRuleSpec] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> StoppingRuleSpec:
+        forms = [key for key in ("name", "all_of", "any_of") if getattr(self, key) is not None]
+        if len(forms) != 1:
+            raise ValueError(f"give exactly one of name, all_of or any_of (got {forms or 'none'})")
+        if self.params and self.name is None:
+            raise ValueError("params belong to a named rule; put them inside the all_of / any_of entries")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_its_form(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump only the form given (a named rule dumps as ``{name, params}``, as before composition existed)."""
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
 
 
 class BudgetSpec(_Strict):
     """Coalition evaluations allowed per (granularity, estimator) run, and optional early-stopping rules."""
 
     evaluations: int = Field(gt=0, description="coalition evaluations per (granularity, estimator) run")
-    stopping: list[StoppingRuleSpec] = Field(default_factory=list)
+    stopping: list[StoppingRuleSpec] = Field(
+        default_factory=list, description="a run stops when any entry (or the budget) says so"
+    )
 
 
 class ExecutorSpec(_Strict):
@@ -130,6 +165,7 @@ class StoreSpec(_Strict):
     """The results store: a SQLite file (created if missing) holding jobs, results and the value cache."""
 
     path: str = Field("shapley-svc.sqlite", min_length=1)
+    reuse_across_setups: bool = Field(False, description=REUSE_ACROSS_SETUPS_HELP)
 
 
 class JobSpec(_Strict):

@@ -14,7 +14,7 @@ import numpy as np
 
 from shapley_svc.errors import ConfigError
 from shapley_svc.estimators import estimate, make_estimator
-from shapley_svc.estimators.base import Estimator
+from shapley_svc.estimators.result import ShapleyResult
 from shapley_svc.estimators.stopping import PruningSetDecided
 from shapley_svc.types import Game
 
@@ -82,11 +82,10 @@ class RecordingDecision(PruningSetDecided):
         super().__init__(k, z)
         self.history: list[tuple[int, tuple[int, ...]]] = []
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """The parent's decision, with the state it was taken in appended to ``history``."""
-        result = estimator.result()
-        self.history.append((estimator.evaluations_used, self.undecided(result.values[0], result.stderr[0])))
-        return super().should_stop(estimator)
+        self.history.append((result.evaluations_used, self.undecided(result.values[0], result.stderr[0])))
+        return super().should_stop(result)
 
     def reset(self) -> None:
         """Forget the history."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from shapley_svc.runner.cost import estimate_cost
 from shapley_svc.runner.driver import run_job
-from shapley_svc.spec import load_spec
+from shapley_svc.spec import REUSE_ACROSS_SETUPS_HELP, load_spec
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dry-run", action="store_true", help="time one worker and print the job's expected cost")
     parser.add_argument("--resume", action="store_true", help="continue the latest unfinished job of this spec")
     parser.add_argument("--job-id", default=None, help="store the job under this id")
+    parser.add_argument("--reuse-across-setups", action="store_true", help=REUSE_ACROSS_SETUPS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -27,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     """Validate the spec, then estimate its cost (``--dry-run``) or run it; print JSON on the last line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     spec = load_spec(args.spec)
+    if args.reuse_across_setups:
+        spec = spec.model_copy(update={"store": spec.store.model_copy(update={"reuse_across_setups": True})})
     if args.dry_run:
         cost = estimate_cost(spec)
         for key, seconds in cost.seconds_per_evaluation.items():

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shapley_svc.spec import REUSE_ACROSS_SETUPS_HELP
+
 DEFAULT_OUT_DIR = Path("runs")
 DEFAULT_BUDGET_PER_PLAYER = 5
 SHAPLEY_LABEL = "shapley"
@@ -79,6 +81,7 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=None, help="Ray actors, one model each (default: CPU count, max 4)"
     )
     parser.add_argument("--store", default=None, help="results store (default runs/shapley-svc.sqlite)")
+    parser.add_argument("--reuse-across-setups", action="store_true", help=REUSE_ACROSS_SETUPS_HELP)
     parser.add_argument(
         "--out", default=None, help="RankingSet JSON to write (default runs/<model>-<granularity>-rankings.json)"
     )
@@ -111,7 +114,10 @@ def build_spec(args: argparse.Namespace, n_players: int, corpus: str) -> Any:
             ],
             "budget": {"evaluations": max(budget, n_players + 1)},
             "executor": executor,
-            "store": {"path": str(args.store or DEFAULT_OUT_DIR / "shapley-svc.sqlite")},
+            "store": {
+                "path": str(args.store or DEFAULT_OUT_DIR / "shapley-svc.sqlite"),
+                "reuse_across_setups": args.reuse_across_setups,
+            },
         },
         source="run options",
     )

@@ -6,19 +6,21 @@ every decision (which coalitions to evaluate next) is taken at a round boundary,
 completed rounds and a seeded generator, so the same seed gives the same result whatever the ask batch
 size, the number of workers or the order in which tells arrive.
 
-Budget means *distinct* coalition evaluations: a coalition already evaluated is served from the
-estimator's own cache and never asked again, and an estimator never plans more distinct coalitions
-than its budget.
+Budget means *distinct* coalition evaluations: an estimator never asks again for a coalition it has been
+told, and never plans more distinct coalitions than its budget. What it has been told is its data (the
+observations its estimate is computed from), not a cache: every evaluation, and every reuse of a value
+across clients and runs, goes through the one :class:`~shapley_svc.runner.evaluator.Evaluator`.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from shapley_svc.coalitions import CoalitionTable, coalition_key
 from shapley_svc.errors import ConfigError, EvaluationError
 from shapley_svc.estimators.result import ShapleyResult
 from shapley_svc.types import Coalitions, Values
@@ -59,20 +61,18 @@ def default_player_names(n_players: int) -> tuple[str, ...]:
     return tuple(f"player{i}" for i in range(n_players))
 
 
-def coalition_key(coalition: np.ndarray) -> bytes:
-    """A hashable key of one coalition (a bool[n] row)."""
-    return np.packbits(coalition).tobytes()
-
-
 class Estimator(abc.ABC):
     """Round-based ask/tell estimator; subclasses plan rounds and turn cached values into a result.
 
     Subclasses implement ``_plan_round`` (the coalitions of the next round, or ``None`` when finished)
-    and ``_estimate`` (values, stderr, counts from the cache). The base class hands out the planned
-    coalitions, keeps the value cache, enforces the budget and makes ``tell`` idempotent.
+    and ``_estimate`` (values, stderr, counts from the observations). The base class hands out the planned
+    coalitions, keeps the observations, enforces the budget, makes ``tell`` idempotent and computes
+    ``result`` once per state (stopping rules and progress bars read it as often as they like).
     """
 
     name: str = "estimator"
+    mergeable: ClassVar[bool] = False
+    """Whether each value is the mean of ``counts`` independent samples, so results pool (``ShapleyResult.merge``)."""
 
     def __init__(self, settings: EstimatorSettings) -> None:
         self.settings = settings
@@ -80,7 +80,7 @@ class Estimator(abc.ABC):
         self.budget = settings.budget
         self.rng = np.random.default_rng(settings.seed)
         self.rounds_started = 0
-        self._cache: dict[bytes, np.ndarray] = {}
+        self._observed = CoalitionTable()
         self._pending: list[np.ndarray] = []  # planned, not yet asked
         self._outstanding: dict[int, Coalitions] = {}
         self._answered: set[int] = set()
@@ -89,6 +89,7 @@ class Estimator(abc.ABC):
         self._n_tasks: int | None = None
         self._task_names: tuple[str, ...] = ()
         self._focus: tuple[int, ...] | None = None
+        self._result: tuple[int, ShapleyResult] | None = None
 
     # --- provenance -------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -99,7 +100,7 @@ class Estimator(abc.ABC):
     @property
     def evaluations_used(self) -> int:
         """Distinct coalitions evaluated so far."""
-        return len(self._cache)
+        return len(self._observed)
 
     @property
     def done(self) -> bool:
@@ -114,6 +115,7 @@ class Estimator(abc.ABC):
     def set_task_names(self, task_names: tuple[str, ...]) -> None:
         """Name the value columns (tasks); by default they are ``task0``, ``task1``, ..."""
         self._task_names = tuple(task_names)
+        self._result = None
 
     def ask(self, max_coalitions: int) -> list[CoalitionRequest]:
         """Up to ``max_coalitions`` coalitions to evaluate, as one request; empty while waiting or done."""
@@ -152,17 +154,24 @@ class Estimator(abc.ABC):
             raise EvaluationError(
                 f"request {request_id} returned {array.shape[1]} task columns, earlier requests {self._n_tasks}"
             )
-        for coalition, row in zip(coalitions, array, strict=True):
-            self._cache[coalition_key(coalition)] = row
+        self._observed.put(coalitions, array)
         del self._outstanding[request_id]
         self._answered.add(request_id)
 
     def result(self) -> ShapleyResult:
-        """The current estimate from every completed evaluation (valid at any time after the first round)."""
+        """The current estimate from every completed evaluation (valid at any time after the first round).
+
+        Computed once per state: asking again before the next tell returns the same result.
+        """
         if self._n_tasks is None:
             raise EvaluationError("no values told yet; ask(), evaluate and tell() at least one round first")
+        if self._result is None or self._result[0] != len(self._answered):
+            self._result = (len(self._answered), self._compute_result())
+        return self._result[1]
+
+    def _compute_result(self) -> ShapleyResult:
         values, stderr, counts = self._estimate()
-        n_tasks = self._n_tasks
+        n_tasks = self._n_tasks or 1
         task_names = self._task_names or tuple(f"task{j}" for j in range(n_tasks))
         return ShapleyResult(
             values=np.asarray(values, dtype=np.float64).reshape(n_tasks, self.n_players),
@@ -192,20 +201,20 @@ class Estimator(abc.ABC):
 
     # --- for subclasses ---------------------------------------------------------------------------
     def value(self, coalition: np.ndarray) -> np.ndarray:
-        """The cached value row (float[t]) of one evaluated coalition."""
-        key = coalition_key(coalition)
-        if key not in self._cache:
+        """The observed value row (float[t]) of one evaluated coalition."""
+        row = self._observed.get(coalition)
+        if row is None:
             raise EvaluationError("a coalition needed by the estimate was never evaluated")
-        return self._cache[key]
+        return row
 
-    def is_cached(self, coalition: np.ndarray) -> bool:
-        """Whether the coalition has been evaluated already."""
-        return coalition_key(coalition) in self._cache
+    def is_observed(self, coalition: np.ndarray) -> bool:
+        """Whether the coalition has been evaluated (told) already."""
+        return coalition in self._observed
 
     @property
     def remaining_budget(self) -> int:
         """Distinct evaluations still allowed."""
-        return self.budget - len(self._cache)
+        return self.budget - len(self._observed)
 
     @abc.abstractmethod
     def _plan_round(self) -> Coalitions | None:
@@ -235,7 +244,7 @@ class Estimator(abc.ABC):
             fresh: list[np.ndarray] = []
             for coalition in np.asarray(planned, dtype=bool):
                 key = coalition_key(coalition)
-                if key in self._cache or key in seen:
+                if coalition in self._observed or key in seen:
                     continue
                 seen.add(key)
                 fresh.append(coalition)
@@ -245,8 +254,3 @@ class Estimator(abc.ABC):
                 )
             self._pending = fresh
             rounds_without_news = 0 if fresh else rounds_without_news + 1
-
-
-def full_and_empty(n_players: int) -> Coalitions:
-    """The empty and the full coalition, as a bool[2, n] matrix."""
-    return np.array([np.zeros(n_players, dtype=bool), np.ones(n_players, dtype=bool)])

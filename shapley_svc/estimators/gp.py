@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from shapley_svc.estimators.base import EstimatorSettings, coalition_key
+from shapley_svc.coalitions import coalition_key
+from shapley_svc.estimators.base import EstimatorSettings
 from shapley_svc.estimators.kernel import PairedDesignEstimator, constrained_additive_fit
 
 ORDER1_VARIANCE = 1.0

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from shapley_svc.estimators.base import Estimator, EstimatorSettings, coalition_key, full_and_empty
+from shapley_svc.coalitions import coalition_key, full_and_empty
+from shapley_svc.estimators.base import Estimator, EstimatorSettings
 from shapley_svc.estimators.samplers import (
     enumerate_sizes,
     enumerated_sizes,
@@ -66,7 +67,7 @@ class PairedDesignEstimator(Estimator):
 
     def observed(self) -> tuple[np.ndarray, np.ndarray]:
         """Evaluated coalitions bool[m, n] in planning order and their values float[m, t]."""
-        rows = [row for row in self._order if self.is_cached(row)]
+        rows = [row for row in self._order if self.is_observed(row)]
         return np.array(rows), np.array([self.value(row) for row in rows])
 
     def regression_weights(self, coalitions: np.ndarray) -> np.ndarray:

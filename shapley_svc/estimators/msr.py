@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from shapley_svc.coalitions import coalition_key, full_and_empty
 from shapley_svc.errors import ConfigError
-from shapley_svc.estimators.base import Estimator, EstimatorSettings, coalition_key, full_and_empty
+from shapley_svc.estimators.base import Estimator, EstimatorSettings
 from shapley_svc.types import Coalitions
 
 
@@ -64,7 +65,7 @@ class MeanDifferenceEstimator(Estimator):
         return np.array(rows)
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = [row for row in self._rows[2:] if self.is_cached(row)]
+        rows = [row for row in self._rows[2:] if self.is_observed(row)]
         if not rows:
             return np.zeros((0, self.n_players), dtype=bool), np.zeros((0, 1))
         return np.array(rows), np.array([self.value(row) for row in rows])

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from shapley_svc.coalitions import coalition_key, full_and_empty
 from shapley_svc.errors import ConfigError
-from shapley_svc.estimators.base import Estimator, EstimatorSettings, coalition_key, full_and_empty
+from shapley_svc.estimators.base import Estimator, EstimatorSettings
 from shapley_svc.types import Coalitions
 
 
@@ -28,6 +29,7 @@ class PermutationEstimator(Estimator):
     """Monte Carlo over permutations; antithetic pairs by default, truncation when a tolerance is set."""
 
     name = "permutation"
+    mergeable = True
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class PermutationEstimator(Estimator):
             return self._advance_walks(list(full_and_empty(self.n_players)))
         self._close_truncated_walks()
         active = [walk for walk in range(len(self._walks)) if not self._cut[walk]]
-        self._reserved = set(self._cache) | {
+        self._reserved = self._observed.keys() | {
             coalition_key(self._prefix(walk, length))
             for walk in active
             for length in range(self._stop_at[walk] + 1, self.n_players)
@@ -137,7 +139,7 @@ class PermutationEstimator(Estimator):
         if not self._cut[walk]:
             return None
         prefixes = [self._prefix(walk, length) for length in range(self._stop_at[walk] + 1)]
-        if not all(self.is_cached(row) for row in prefixes):
+        if not all(self.is_observed(row) for row in prefixes):
             return None
         values = np.array([self.value(row) for row in prefixes])  # [stop + 1, t]
         if self._stop_at[walk] == self.n_players - 1:

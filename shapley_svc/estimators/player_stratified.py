@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shapley_svc.estimators.base import Estimator, EstimatorSettings, full_and_empty
+from shapley_svc.coalitions import full_and_empty
+from shapley_svc.estimators.base import Estimator, EstimatorSettings
 from shapley_svc.types import Coalitions
 
 
@@ -59,7 +60,7 @@ class PlayerStratifiedEstimator(Estimator):
                 without[self.rng.choice(others, size, replace=False)] = True
                 with_player = without.copy()
                 with_player[player] = True
-                new = [row for row in (without, with_player) if not self.is_cached(row)]
+                new = [row for row in (without, with_player) if not self.is_observed(row)]
                 room -= len(new)
                 rows.extend(new)
                 self._pairs.append((player, size, without))
@@ -71,7 +72,7 @@ class PlayerStratifiedEstimator(Estimator):
         for player, size, without in self._pairs:
             with_player = without.copy()
             with_player[player] = True
-            if self.is_cached(without) and self.is_cached(with_player):
+            if self.is_observed(without) and self.is_observed(with_player):
                 contribution = self.value(with_player) - self.value(without)
                 by_player.setdefault(player, {}).setdefault(size, []).append(contribution)
         values = np.zeros((n_tasks, self.n_players))

@@ -14,7 +14,7 @@ from math import comb
 
 import numpy as np
 
-from shapley_svc.estimators.base import coalition_key
+from shapley_svc.coalitions import coalition_key
 
 
 def kernel_size_weights(n_players: int) -> np.ndarray:

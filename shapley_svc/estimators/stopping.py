@@ -1,30 +1,34 @@
 """Composable stopping criteria: combine with ``&`` (both), ``|`` (either) and ``~`` (not).
 
-Criteria are checked by the driver at round boundaries only, so (apart from ``MaxTime``) a run stops at
-the same point whatever the batch size or tell order. ``PruningSetDecided`` is also a bandit: while the
-k lowest players are not separated from the rest with confidence, it focuses a focusable estimator
-(``player_stratified``) on the players whose intervals straddle the boundary (in the spirit of the
-adaptive sampling of Neuron Shapley, Ghorbani & Zou 2020).
+A criterion reads a :class:`~shapley_svc.estimators.result.ShapleyResult` and nothing else. Runs check it at
+round boundaries only (:func:`round_hooks`), so (apart from ``MaxTime``) a run stops at the same point
+whatever the batch size or tell order. Steering is a separate step: a criterion may name players to spend
+the next rounds on (:meth:`StoppingCriterion.focus`), and the run, not the criterion, focuses a focusable
+estimator (``player_stratified``) on them. ``PruningSetDecided`` does so with the players whose intervals
+straddle the boundary of the k lowest (in the spirit of the adaptive sampling of Neuron Shapley, Ghorbani &
+Zou 2020).
 
 Each criterion keeps the latest value of what it watches (``measures()``, e.g. the largest stderr), so a
 progress bar can show it without recomputing anything. Job specs name criteria through :func:`make_stopping`
-(``stderr_below``, ``rank_stable``, ...); a list of them is combined with ``|`` by :func:`any_of`.
+(``stderr_below``, ``rank_stable``, ...) and compose them with ``all_of`` / ``any_of``
+(:func:`make_stopping_rule`); a plain list is any-of.
 """
 
 from __future__ import annotations
 
 import abc
-import difflib
 import functools
-import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from shapley_svc.errors import ConfigError
 from shapley_svc.estimators.base import Estimator
+from shapley_svc.estimators.result import ShapleyResult
+from shapley_svc.registry import Entry, Registry
 
 
 class StoppingCriterion(abc.ABC):
@@ -38,8 +42,12 @@ class StoppingCriterion(abc.ABC):
         return {} if self.last_measure is None or not self.measure_name else {self.measure_name: self.last_measure}
 
     @abc.abstractmethod
-    def should_stop(self, estimator: Estimator) -> bool:
-        """True to stop now."""
+    def should_stop(self, result: ShapleyResult) -> bool:
+        """True to stop now, judged from the current ``result``."""
+
+    def focus(self, result: ShapleyResult) -> tuple[int, ...] | None:
+        """Players the next rounds should be spent on, or None for no preference."""
+        return None
 
     def reset(self) -> None:  # noqa: B027 - stateless criteria keep this no-op; stateful ones override it
         """Forget state from an earlier run (history, start time)."""
@@ -60,10 +68,15 @@ class AllOf(StoppingCriterion):
     def __init__(self, left: StoppingCriterion, right: StoppingCriterion) -> None:
         self.left, self.right = left, right
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Both."""
-        left, right = self.left.should_stop(estimator), self.right.should_stop(estimator)
+        left, right = self.left.should_stop(result), self.right.should_stop(result)
         return left and right
+
+    def focus(self, result: ShapleyResult) -> tuple[int, ...] | None:
+        """The players either criterion wants the rounds spent on."""
+        wanted = [players for players in (self.left.focus(result), self.right.focus(result)) if players is not None]
+        return tuple(sorted(set().union(*wanted))) if wanted else None
 
     def measures(self) -> dict[str, float]:
         """Both criteria's measures."""
@@ -78,9 +91,9 @@ class AllOf(StoppingCriterion):
 class AnyOf(AllOf):
     """Stop when either criterion says stop."""
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Either."""
-        left, right = self.left.should_stop(estimator), self.right.should_stop(estimator)
+        left, right = self.left.should_stop(result), self.right.should_stop(result)
         return left or right
 
 
@@ -90,9 +103,9 @@ class Not(StoppingCriterion):
     def __init__(self, inner: StoppingCriterion) -> None:
         self.inner = inner
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Negation."""
-        return not self.inner.should_stop(estimator)
+        return not self.inner.should_stop(result)
 
     def measures(self) -> dict[str, float]:
         """The wrapped criterion's measures."""
@@ -113,10 +126,10 @@ class MaxEvaluations(StoppingCriterion):
             raise ConfigError(f"MaxEvaluations needs a positive limit, got {limit}")
         self.limit = limit
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Evaluations used reached the limit."""
-        self.last_measure = float(estimator.evaluations_used)
-        return estimator.evaluations_used >= self.limit
+        self.last_measure = float(result.evaluations_used)
+        return result.evaluations_used >= self.limit
 
 
 class MaxTime(StoppingCriterion):
@@ -130,7 +143,7 @@ class MaxTime(StoppingCriterion):
         self.seconds = seconds
         self._start: float | None = None
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Time is up."""
         now = time.monotonic()
         if self._start is None:
@@ -154,9 +167,9 @@ class StderrBelow(StoppingCriterion):
             raise ConfigError(f"StderrBelow needs a positive threshold, got {threshold}")
         self.threshold = threshold
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Largest stderr below the threshold."""
-        self.last_measure = float(np.max(estimator.result().stderr))
+        self.last_measure = float(np.max(result.stderr))
         return self.last_measure < self.threshold
 
 
@@ -171,9 +184,9 @@ class RankStable(StoppingCriterion):
         self.checkpoints = checkpoints
         self._history: list[tuple[int, ...]] = []
 
-    def should_stop(self, estimator: Estimator) -> bool:
+    def should_stop(self, result: ShapleyResult) -> bool:
         """Same order at the last ``checkpoints`` checks."""
-        order = tuple(np.argsort(estimator.result().values[0], kind="stable").tolist())
+        order = tuple(np.argsort(result.values[0], kind="stable").tolist())
         self._history = [*self._history[-(self.checkpoints - 1) :], order]
         unchanged = 0
         for seen in reversed(self._history):
@@ -192,7 +205,7 @@ class RankStable(StoppingCriterion):
 class PruningSetDecided(StoppingCriterion):
     """Stop when the k lowest players (task 0) are separated from the rest at ``z`` standard errors.
 
-    Each check focuses a focusable estimator on the undecided players near the boundary.
+    Until then it asks for the rounds to be spent on the undecided players near the boundary (:meth:`focus`).
     """
 
     measure_name = "undecided"
@@ -213,27 +226,38 @@ class PruningSetDecided(StoppingCriterion):
         straddling += [i for i in upper if values[i] - self.z * stderr[i] <= lower_high]
         return tuple(sorted(int(i) for i in straddling))
 
-    def should_stop(self, estimator: Estimator) -> bool:
-        """No player straddles the boundary; otherwise focus the estimator on those that do."""
-        if self.k >= estimator.n_players:
-            raise ConfigError(f"PruningSetDecided k={self.k} must be below the {estimator.n_players} players")
-        result = estimator.result()
-        open_players = self.undecided(result.values[0], result.stderr[0])
+    def should_stop(self, result: ShapleyResult) -> bool:
+        """No player straddles the boundary."""
+        open_players = self._open(result)
         self.last_measure = float(len(open_players))
-        if not open_players:
-            return True
-        if estimator.supports_focus:
-            estimator.focus(open_players)
-        return False
+        return not open_players
+
+    def focus(self, result: ShapleyResult) -> tuple[int, ...] | None:
+        """The undecided players, while there are any."""
+        return self._open(result) or None
+
+    def _open(self, result: ShapleyResult) -> tuple[int, ...]:
+        if self.k >= result.n_players:
+            raise ConfigError(f"PruningSetDecided k={self.k} must be below the {result.n_players} players")
+        return self.undecided(result.values[0], result.stderr[0])
 
 
-STOPPING_RULES: dict[str, type[StoppingCriterion]] = {
-    "max_evaluations": MaxEvaluations,
-    "max_time": MaxTime,
-    "stderr_below": StderrBelow,
-    "rank_stable": RankStable,
-    "pruning_set_decided": PruningSetDecided,
-}
+def _rule(class_name: str, description: str) -> Entry:
+    return Entry(f"shapley_svc.estimators.stopping:{class_name}", description)
+
+
+STOPPING_RULES: Registry[StoppingCriterion] = Registry(
+    "stopping rule",
+    StoppingCriterion,
+    {
+        "max_evaluations": _rule("MaxEvaluations", "distinct coalitions evaluated reach limit"),
+        "max_time": _rule("MaxTime", "seconds of wall time since the first check (not deterministic)"),
+        "stderr_below": _rule("StderrBelow", "every standard error below threshold"),
+        "rank_stable": _rule("RankStable", "the ranking unchanged over the last checkpoints"),
+        "pruning_set_decided": _rule("PruningSetDecided", "the k lowest players separated at z standard errors"),
+    },
+)
+"""Every stopping rule a job spec may name."""
 
 
 def make_stopping(name: str, params: Mapping[str, Any] | None = None) -> StoppingCriterion:
@@ -243,20 +267,7 @@ def make_stopping(name: str, params: Mapping[str, Any] | None = None) -> Stoppin
         >>> make_stopping("stderr_below", {"threshold": 0.01}).threshold
         0.01
     """
-    if name not in STOPPING_RULES:
-        close = difflib.get_close_matches(name, list(STOPPING_RULES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown stopping rule {name!r}: {hint}known: {', '.join(STOPPING_RULES)}")
-    cls = STOPPING_RULES[name]
-    accepted = list(inspect.signature(cls.__init__).parameters)[1:]  # drop self
-    given = dict(params or {})
-    unknown = [key for key in given if key not in accepted]
-    if unknown:
-        raise ConfigError(f"stopping rule {name!r} does not take {unknown}; it takes {accepted}")
-    try:
-        return cls(**given)
-    except TypeError as error:  # a required parameter is missing or has the wrong type
-        raise ConfigError(f"stopping rule {name!r} needs {accepted}, got {given}: {error}") from error
+    return STOPPING_RULES.build(name, params=params)
 
 
 def any_of(criteria: Sequence[StoppingCriterion]) -> StoppingCriterion | None:
@@ -264,3 +275,44 @@ def any_of(criteria: Sequence[StoppingCriterion]) -> StoppingCriterion | None:
     if not criteria:
         return None
     return functools.reduce(lambda left, right: left | right, criteria)
+
+
+def make_stopping_rule(specs: Sequence[Any]) -> StoppingCriterion | None:
+    """One criterion from a job spec's ``budget.stopping`` list: any of its entries, each a named rule or an
+    ``all_of`` / ``any_of`` of entries (``None`` for an empty list)."""
+    return any_of([_from_spec(spec) for spec in specs])
+
+
+def _from_spec(spec: Any) -> StoppingCriterion:
+    if spec.all_of is not None:
+        return functools.reduce(lambda left, right: left & right, [_from_spec(inner) for inner in spec.all_of])
+    if spec.any_of is not None:
+        return functools.reduce(lambda left, right: left | right, [_from_spec(inner) for inner in spec.any_of])
+    return make_stopping(spec.name, spec.params)
+
+
+@dataclass(frozen=True)
+class RoundHooks:
+    """A criterion as a run uses it: a stopping rule, its measures and a steering step, on the estimator."""
+
+    stopping: Callable[[Estimator], bool]
+    measure: Callable[[Estimator], dict[str, float]]
+    steer: Callable[[Estimator], None]
+
+
+def round_hooks(criterion: StoppingCriterion) -> RoundHooks:
+    """Check ``criterion`` at round boundaries only, on the estimator's result (computed once per boundary);
+    where the estimator can focus, spend its next rounds on the players the criterion names."""
+
+    def stopping(estimator: Estimator) -> bool:
+        return (
+            estimator.rounds_started > 0 and estimator.at_round_boundary and criterion.should_stop(estimator.result())
+        )
+
+    def steer(estimator: Estimator) -> None:
+        if estimator.supports_focus and estimator.at_round_boundary and estimator.rounds_started > 0:
+            players = criterion.focus(estimator.result())
+            if players is not None:
+                estimator.focus(players)
+
+    return RoundHooks(stopping=stopping, measure=lambda _: criterion.measures(), steer=steer)

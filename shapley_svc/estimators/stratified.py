@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from shapley_svc.estimators.base import Estimator, EstimatorSettings, coalition_key, full_and_empty
+from shapley_svc.coalitions import coalition_key, full_and_empty
+from shapley_svc.estimators.base import Estimator, EstimatorSettings
 from shapley_svc.estimators.samplers import enumerate_sizes, enumerated_sizes, kernel_size_weights
 from shapley_svc.types import Coalitions
 
@@ -70,7 +71,7 @@ class StratifiedEstimator(Estimator):
     def _values_by_size(self) -> dict[int, np.ndarray]:
         grouped: dict[int, list[np.ndarray]] = {}
         for row in self._rows:
-            if self.is_cached(row):
+            if self.is_observed(row):
                 grouped.setdefault(int(row.sum()), []).append(self.value(row))
         return {size: np.array(values) for size, values in grouped.items()}
 
@@ -109,7 +110,7 @@ class StratifiedEstimator(Estimator):
 
     def _estimate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.n_players
-        rows = np.array([row for row in self._rows if self.is_cached(row)])
+        rows = np.array([row for row in self._rows if self.is_observed(row)])
         values = np.array([self.value(row) for row in rows])  # [m, t]
         sizes = rows.sum(axis=1)
         n_tasks = values.shape[1]

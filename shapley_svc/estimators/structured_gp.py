@@ -19,8 +19,8 @@ serves every game. Coalitions, always in complementary pairs: a first round from
 ``DESIGN_ROUNDS`` rounds chosen greedily from random candidates to shrink the posterior variance of phi (summed
 over players, and over tasks relative to each task's current total) under the structure fitted so far:
 Bayesian experimental design. The posterior variance does not depend on the values, so picking a round's pairs
-together equals picking them one by one; rounds only refresh the structure. On the shipped demo table this cuts
-the error of the same prior on random pairs by 40% at 10n (benchmarks/RESULTS.md). Exact on games whose odd part
+together equals picking them one by one; rounds only refresh the structure (how much the design gains over
+random pairs is measured in benchmarks/RESULTS.md). Exact on games whose odd part
 is additive (interactions of order <= 2); efficiency holds up to numerical jitter, because the (empty, full)
 pair is observed without noise and every prior satisfies efficiency. Stderr: the larger of the posterior sd and a
 delete-one-pair jackknife sd (the posterior sd alone trusts the fitted prior, and was too small on real tables).
@@ -34,7 +34,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shapley_svc.estimators.base import EstimatorSettings, coalition_key, full_and_empty
+from shapley_svc.coalitions import coalition_key, full_and_empty
+from shapley_svc.estimators.base import EstimatorSettings
 from shapley_svc.estimators.gp import (
     JITTER,
     HeredityPrior,
@@ -261,8 +262,8 @@ def jackknife_sd(
 
     Dropping pair j moves the mean by smoother[:, j] * weights[j] / inverse_diagonal[j] (the Gaussian-process
     leave-one-out identity), so no refit is needed; pairs with ``free`` False (the exact pair) are never dropped.
-    On the real tables the posterior sd alone covered the error in 29-57% of players from 10n up (68% expected):
-    the design trusts the fitted prior; with the jackknife 87-100% (benchmarks/RESULTS.md).
+    The posterior sd alone trusts the fitted prior, which the design leans on; its coverage on the real tables,
+    with and without the jackknife, is in benchmarks/RESULTS.md.
     """
     shifts = (smoother * (weights / inverse_diagonal))[:, free]  # [n, p_free]
     count = shifts.shape[1]

@@ -1,15 +1,11 @@
-"""Running jobs: executors (in process, Ray actor pool), the driver pump, the cost estimate."""
+"""Running work: executors (in process, Ray actor pool), the one evaluator of coalitions, estimation runs,
+jobs (:mod:`.driver`) and their cost estimate (:mod:`.cost`).
 
-from shapley_svc.runner.driver import (
-    JobCancelledError,
-    JobOutcome,
-    PreparedRun,
-    RunControl,
-    RunOutcome,
-    RunStats,
-    run_estimation,
-    run_job,
-)
+The package namespace holds what has no estimator dependency; import jobs from :mod:`.driver`.
+"""
+
+from shapley_svc.runner.estimation import EstimationRun, RunStats
+from shapley_svc.runner.evaluator import Control, EvaluationStats, Evaluator, JobCancelledError, Ticket
 from shapley_svc.runner.executors import (
     Chunk,
     ChunkResult,
@@ -17,6 +13,7 @@ from shapley_svc.runner.executors import (
     GameInfo,
     GameWorker,
     InProcessExecutor,
+    LostChunk,
     RayActorPool,
     WorkerSetup,
     make_executor,
@@ -25,19 +22,19 @@ from shapley_svc.runner.executors import (
 __all__ = [
     "Chunk",
     "ChunkResult",
+    "Control",
+    "EstimationRun",
+    "EvaluationStats",
+    "Evaluator",
     "Executor",
     "GameInfo",
     "GameWorker",
     "InProcessExecutor",
     "JobCancelledError",
-    "JobOutcome",
-    "PreparedRun",
+    "LostChunk",
     "RayActorPool",
-    "RunControl",
-    "RunOutcome",
     "RunStats",
+    "Ticket",
     "WorkerSetup",
     "make_executor",
-    "run_estimation",
-    "run_job",
 ]

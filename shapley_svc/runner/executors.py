@@ -1,15 +1,16 @@
 """Executors: where chunks of coalitions are evaluated, behind one interface.
 
 An executor takes :class:`Chunk` s (a game key and bool[k, n] coalitions), evaluates them and hands back
-:class:`ChunkResult` s in completion order. It holds no algorithm state: the driver owns the estimators,
-the cache and the order of tells. Two implementations:
+:class:`ChunkResult` s in completion order, or a :class:`LostChunk` when the worker holding a chunk died.
+It holds no algorithm state: the :class:`~shapley_svc.runner.evaluator.Evaluator` owns the cache, what is
+in flight and what is sent again. Two implementations:
 
 - :class:`InProcessExecutor`: evaluates in the calling process (tests, notebooks, one machine).
 - :class:`RayActorPool`: ``num_workers`` Ray actors, each loading the model once and preparing every value
   function once (``num_gpus_per_worker=1`` on a GPU cluster). A bounded number of chunks is in flight; a
-  dead actor is replaced and its chunks are sent again (evaluation is idempotent and each chunk is handed
-  back once, so no value is counted twice); an actor that cannot load its model fails the job with the
-  reason. The worker setup is put in the object store once and shared by every actor.
+  dead actor is replaced and its chunks are handed back as lost, for the evaluator to send again
+  (evaluation is idempotent); an actor that cannot load its model fails the job with the reason. The
+  worker setup is put in the object store once and shared by every actor.
 
 A worker that runs out of memory halves its batch and retries, and says so in the log.
 """
@@ -55,12 +56,17 @@ class FingerprintedGame(Protocol):
 
 @dataclass(frozen=True)
 class GameInfo:
-    """What the driver needs to know about one game a worker serves (one per granularity)."""
+    """What the evaluator needs to know about one game a worker serves (one per granularity).
+
+    ``fingerprint`` names what a value depends on (model, value function, granularity); ``setup`` how it was
+    computed (device type, dtype, library versions; empty for a game that does not run a model).
+    """
 
     key: str
     fingerprint: str
     player_names: tuple[str, ...]
     task_names: tuple[str, ...]
+    setup: str = ""
 
     @property
     def n_players(self) -> int:
@@ -84,6 +90,19 @@ class ChunkResult:
     values: Values
     seconds: float
     worker: int
+
+
+@dataclass(frozen=True)
+class LostChunk:
+    """A chunk whose worker died before it was done; send it again."""
+
+    chunk: Chunk
+    worker: int
+    reason: str
+
+
+Finished = ChunkResult | LostChunk
+"""What :meth:`Executor.wait` hands back for each chunk that left the executor."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +181,7 @@ class GameWorker:
     def describe(self) -> dict[str, GameInfo]:
         """The games this worker serves, by key."""
         return {
-            key: GameInfo(key, game.fingerprint(), tuple(game.player_names), tuple(game.task_names))
+            key: GameInfo(key, game.fingerprint(), tuple(game.player_names), tuple(game.task_names), game_setup(game))
             for key, game in self.games.items()
         }
 
@@ -200,6 +219,12 @@ class GameWorker:
         return np.concatenate(parts) if parts else np.zeros((0, len(game.task_names)))
 
 
+def game_setup(game: object) -> str:
+    """The run-time set-up of a model game (``ModelGame.setup``); empty for a game without a model."""
+    setup = getattr(game, "setup", None)
+    return setup() if callable(setup) else ""
+
+
 class Executor(Protocol):
     """Evaluates chunks and returns them in completion order; holds no algorithm state."""
 
@@ -210,7 +235,7 @@ class Executor(Protocol):
 
     @property
     def in_flight(self) -> int:
-        """Chunks submitted and not yet handed back."""
+        """Chunks submitted and not yet handed back (done or lost)."""
         ...
 
     @property
@@ -221,11 +246,11 @@ class Executor(Protocol):
         ...
 
     def submit(self, chunk: Chunk) -> None:
-        """Queue ``chunk`` for evaluation (call only while ``in_flight < capacity``)."""
+        """Queue ``chunk`` for evaluation (the caller keeps at most ``capacity`` in flight)."""
         ...
 
-    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
-        """Chunks finished since the last call, at least one unless ``timeout`` passes or none is in flight."""
+    def wait(self, timeout: float | None = None) -> list[Finished]:
+        """Chunks done or lost since the last call, at least one unless ``timeout`` passes or none is in flight."""
         ...
 
     def close(self) -> None:
@@ -264,7 +289,7 @@ class InProcessExecutor:
     def submit(self, chunk: Chunk) -> None:
         self._queue.append(chunk)
 
-    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+    def wait(self, timeout: float | None = None) -> list[Finished]:
         if not self._queue:
             return []
         chunk = self._queue.popleft()
@@ -356,7 +381,6 @@ class RayActorPool:
         self._next_index = 0
         self.restarts = 0
         self._slots: list[_Slot] = []
-        self._requeued: deque[Chunk] = deque()
         try:
             self._slots = [self._new_slot() for _ in range(executor.num_workers)]
             infos = [self._describe(slot) for slot in self._slots]
@@ -401,7 +425,7 @@ class RayActorPool:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(slot.pending) for slot in self._slots) + len(self._requeued)
+        return sum(len(slot.pending) for slot in self._slots)
 
     @property
     def num_workers(self) -> int:
@@ -418,25 +442,23 @@ class RayActorPool:
         slot = min(self._slots, key=lambda candidate: len(candidate.pending))
         slot.pending[slot.handle.evaluate.remote(chunk.game, chunk.coalitions)] = chunk
 
-    def wait(self, timeout: float | None = None) -> list[ChunkResult]:
+    def wait(self, timeout: float | None = None) -> list[Finished]:
         ray = self._ray
-        while self._requeued:
-            self.submit(self._requeued.popleft())
         owner = {ref: slot for slot in self._slots for ref in slot.pending}
         if not owner:
             return []
         ready, _ = ray.wait(list(owner), num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0)
-        results: list[ChunkResult] = []
+        results: list[Finished] = []
         for ref in ready:
             slot = owner[ref]
-            if ref not in slot.pending:  # its actor died earlier in this loop and the chunk was requeued
+            if ref not in slot.pending:  # its actor died earlier in this loop and the chunk was handed back
                 continue
             try:
                 values, seconds = ray.get(ref)
             except ray.exceptions.RayActorError as error:
-                self._replace(slot, error)
+                results.extend(self._replace(slot, error))
                 continue
             except ray.exceptions.RayTaskError as error:
                 chunk = slot.pending.pop(ref)
@@ -449,13 +471,13 @@ class RayActorPool:
             results.append(ChunkResult(slot.pending.pop(ref), values, seconds, slot.index))
         return results
 
-    def _replace(self, slot: _Slot, error: BaseException) -> None:
-        """Replace the dead actor of ``slot`` and requeue every chunk it held."""
+    def _replace(self, slot: _Slot, error: BaseException) -> list[LostChunk]:
+        """Replace the dead actor of ``slot``; every chunk it held comes back as lost."""
         self.restarts += 1
         lost = list(slot.pending.values())
         slot.pending.clear()
         logger.warning(
-            "event=worker_died worker=%d chunks_requeued=%d restarts=%d reason=%s",
+            "event=worker_died worker=%d chunks_lost=%d restarts=%d reason=%s",
             slot.index,
             len(lost),
             self.restarts,
@@ -470,7 +492,8 @@ class RayActorPool:
         replacement = self._new_slot()
         self._slots[self._slots.index(slot)] = replacement
         self._describe(replacement)
-        self._requeued.extend(sorted(lost, key=lambda chunk: chunk.id))
+        reason = type(error).__name__
+        return [LostChunk(chunk, slot.index, reason) for chunk in sorted(lost, key=lambda chunk: chunk.id)]
 
     def close(self) -> None:
         """Kill the actors; shut Ray down if this pool started it."""

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -53,6 +54,23 @@ def digest(settings: dict[str, Any], *arrays: torch.Tensor) -> str:
     for array in arrays:
         hasher.update(array.detach().cpu().contiguous().numpy().tobytes())
     return hasher.hexdigest()
+
+
+def runtime_setup(model: nn.Module) -> str:
+    """What a value depends on beyond weights and data: device type, dtype, torch and transformers versions.
+
+    Canonical JSON; part of the value-cache key, so values computed under one set-up are not served to another.
+    """
+    parameter = next(model.parameters())
+    return json.dumps(
+        {
+            "device": parameter.device.type,
+            "dtype": str(parameter.dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        sort_keys=True,
+    )
 
 
 class ModelGame:
@@ -96,6 +114,10 @@ class ModelGame:
                 "granularity": self.masked.granularity.value,
             }
         )
+
+    def setup(self) -> str:
+        """The run-time set-up of the resident model (see :func:`runtime_setup`)."""
+        return runtime_setup(self.masked.model)
 
     def __call__(self, coalitions: Coalitions, progress: Callable[[], object] | None = None) -> Values:
         """float[k, t]: the value of each coalition (row of bool[k, n]) for each task.

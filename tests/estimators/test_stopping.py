@@ -28,10 +28,11 @@ def test_composition_with_and_or_not() -> None:
     estimate(estimator, AdditiveGame(np.arange(6.0)), budget=30)
     used = estimator.evaluations_used
     yes, no = MaxEvaluations(used), MaxEvaluations(used + 1)
-    assert (yes | no).should_stop(estimator)
-    assert not (yes & no).should_stop(estimator)
-    assert (yes & ~no).should_stop(estimator)
-    assert not (~yes).should_stop(estimator)
+    result = estimator.result()
+    assert (yes | no).should_stop(result)
+    assert not (yes & no).should_stop(result)
+    assert (yes & ~no).should_stop(result)
+    assert not (~yes).should_stop(result)
 
 
 def test_stderr_rank_and_time_criteria() -> None:
@@ -63,3 +64,53 @@ def test_pruning_set_bandit_focuses_and_finds_the_lowest_players() -> None:
 def test_focus_is_refused_by_estimators_that_cannot_focus() -> None:
     with pytest.raises(ConfigError, match="player_stratified"):
         make_estimator("kernelshap", 4, 10).focus((0,))
+
+
+def test_spec_rules_compose_with_all_of_and_any_of() -> None:
+    from shapley_svc.estimators.stopping import make_stopping_rule
+    from shapley_svc.spec import BudgetSpec
+
+    budget = BudgetSpec.model_validate(
+        {
+            "evaluations": 500,
+            "stopping": [
+                {"all_of": [{"name": "max_evaluations", "params": {"limit": 40}}, {"name": "rank_stable"}]},
+                {"any_of": [{"name": "max_evaluations", "params": {"limit": 400}}]},
+            ],
+        }
+    )
+    criterion = make_stopping_rule(budget.stopping)
+    estimator = make_estimator("permutation", 6, 500, seed=0)
+    estimate(estimator, AdditiveGame(np.arange(6.0)), budget=30)
+    assert not criterion.should_stop(estimator.result()), "all_of must wait for both rules"
+    result = estimate(make_estimator("permutation", 6, 500, seed=0), AdditiveGame(np.arange(6.0)), stopping=criterion)
+    assert 40 <= result.evaluations_used < 400
+    with pytest.raises(ValueError, match="exactly one of name, all_of or any_of"):
+        BudgetSpec.model_validate(
+            {"evaluations": 5, "stopping": [{"name": "rank_stable", "all_of": [{"name": "max_time"}]}]}
+        )
+
+
+def test_a_result_is_computed_once_per_state_and_read_by_every_rule() -> None:
+    estimator = make_estimator("default", 6, 60, seed=0)
+    calls: list[int] = []
+    original = estimator._estimate
+
+    def counted() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        calls.append(estimator.evaluations_used)
+        return original()
+
+    estimator._estimate = counted  # type: ignore[method-assign]
+    criterion = StderrBelow(1e-12) | RankStable(5) | MaxEvaluations(10_000)
+    result = estimate(estimator, AdditiveGame(np.arange(6.0)), stopping=criterion)
+    assert estimator.result() is result and estimator.result() is estimator.result()
+    assert len(calls) == len(set(calls)), "the estimate was recomputed for a state it had already computed"
+
+
+def test_checking_the_pruning_rule_steers_nothing_by_itself() -> None:
+    estimator = make_estimator("player_stratified", 8, 400, seed=0)
+    estimate(estimator, ThresholdGame(8), budget=60)
+    rule = PruningSetDecided(k=2, z=50.0)
+    assert not rule.should_stop(estimator.result())
+    assert estimator._focus is None, "should_stop changed the estimator"
+    assert rule.focus(estimator.result()) == rule.undecided(estimator.result().values[0], estimator.result().stderr[0])

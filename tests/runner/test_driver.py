@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from shapley_svc.errors import EvaluationError
-from shapley_svc.runner.driver import RunControl, run_estimation
+from shapley_svc.runner.estimation import EstimationRun
+from shapley_svc.runner.evaluator import Control, Evaluator
 from shapley_svc.runner.executors import Chunk, ChunkResult, GameInfo, GameWorker, InProcessExecutor
 from shapley_svc.store import SQLiteStore
 from shapley_svc.types import Coalitions, Values
@@ -130,16 +131,8 @@ def store(tmp_path: Path) -> SQLiteStore:
 
 
 def run(estimator: SeededSampler, executor, store: SQLiteStore, budget: int = 60, chunk_size: int = 4):
-    game = executor.games()["g"]
-    return run_estimation(
-        estimator,
-        executor,
-        game,
-        store,
-        budget=budget,
-        chunk_size=chunk_size,
-        control=RunControl(progress_bar=False),
-    )
+    evaluator = Evaluator(executor, store, executor.games()["g"], chunk_size=chunk_size)
+    return EstimationRun(estimator, evaluator, budget=budget).run(Control(progress_bar=False))
 
 
 def test_values_are_told_in_ask_order_whatever_the_completion_order(store: SQLiteStore) -> None:
@@ -199,17 +192,13 @@ def test_non_finite_value_fails_loudly_and_enters_nothing(store: SQLiteStore) ->
 def test_stopping_rule_and_budget_end_the_run(store: SQLiteStore) -> None:
     executor = InProcessExecutor.from_games({"g": AdditiveGame()})
     estimator = SeededSampler(1000, seed=5)
-    stats = run_estimation(
+    stats = EstimationRun(
         estimator,
-        executor,
-        executor.games()["g"],
-        store,
+        Evaluator(executor, store, executor.games()["g"], chunk_size=4),
         budget=1000,
-        chunk_size=4,
         stopping=lambda current: current.evaluations_used >= 20,
         measure=lambda current: {"evaluations": float(current.evaluations_used)},
-        control=RunControl(progress_bar=False),
-    )
+    ).run(Control(progress_bar=False))
     assert stats.stopped_by == "stopping" and 20 <= stats.told < 24
     capped = run(SeededSampler(1000, seed=5), executor, store, budget=30)
     assert capped.told == 30 and capped.stopped_by == "budget"

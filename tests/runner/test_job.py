@@ -74,6 +74,9 @@ class Counting:
     def fingerprint(self) -> str:
         return self.game.fingerprint()
 
+    def setup(self) -> str:
+        return self.game.setup()
+
     def __call__(self, coalitions: Coalitions) -> Values:
         self.seen.extend(np.packbits(row).tobytes() + bytes([len(row)]) for row in coalitions)
         return self.game(coalitions)
@@ -295,3 +298,32 @@ def cached_values(path: Path, game: str) -> int:
         return 0
     with SQLiteStore(path) as store:
         return store.count_values(game)
+
+
+def test_values_cached_under_another_setup_are_recomputed_unless_reuse_is_asked_for(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite")
+    first = run_job(spec, estimator_factory=exact_factory(), progress_bar=False)
+    provenance = json.loads(first.runs[0].results["wikitext2.neg_loss"])["params"]["provenance"]
+    assert provenance["setup"]["device"] == "cpu" and provenance["setup"]["dtype"] == "float32"
+    assert {"torch", "transformers"} <= set(provenance["setup"])
+    connection = sqlite3.connect(spec.store.path)
+    connection.execute("""UPDATE value_cache SET setup = '{"device": "cuda", "dtype": "bfloat16"}'""")
+    connection.commit()
+    connection.close()
+    strict = run_job(spec, estimator_factory=exact_factory(), progress_bar=False)
+    assert [run.stats.cache_hits for run in strict.runs] == [0, 0]
+    assert [run.stats.evaluated for run in strict.runs] == [16, 256]
+    lenient_spec = spec.model_copy(update={"store": spec.store.model_copy(update={"reuse_across_setups": True})})
+    with SQLiteStore(spec.store.path) as store:
+        connection = sqlite3.connect(spec.store.path)
+        connection.execute("""DELETE FROM value_cache WHERE setup NOT LIKE '%cuda%'""")
+        connection.commit()
+        connection.close()
+        lenient = run_job(lenient_spec, estimator_factory=exact_factory(), store=store, progress_bar=False)
+    assert [run.stats.evaluated for run in lenient.runs] == [0, 0]
+    reused = json.loads(lenient.runs[1].results["wikitext2.neg_loss"])["params"]["provenance"]
+    assert reused["reused_across_setups"] == {"values": 256, "setups": [{"device": "cuda", "dtype": "bfloat16"}]}
