@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     """Add the ``estimate`` subcommand."""
     from shapley_svc.estimators import DEFAULT_ESTIMATOR, REGISTRY, estimator_names
 
-    listing = "; ".join(f"{name}: {entry.description}" for name, entry in REGISTRY.items())
+    listing = REGISTRY.describe()
     parser = subparsers.add_parser(
         "estimate",
         help="estimate Shapley values from a stored game table (.npz)",

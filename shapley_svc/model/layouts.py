@@ -7,12 +7,12 @@ so one generic wrapper (:mod:`shapley_svc.model.masked`) serves them all.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from torch import nn
 
 from shapley_svc.errors import ModelLoadError
+from shapley_svc.registry import Entry, Registry
 
 
 @dataclass(frozen=True)
@@ -29,25 +29,29 @@ class Layout:
     mlp_norm: str = "post_attention_layernorm"
 
 
-LAYOUTS: dict[str, Layout] = {
-    "llama": Layout(),
-    "mistral": Layout(),
-    "qwen2": Layout(),
-    "qwen3": Layout(),
-}
+PRE_NORM = Layout()
+"""The Llama layout, shared by every architecture that names its modules as Llama does."""
+
+LAYOUTS: Registry[Layout] = Registry(
+    "architecture",
+    Layout,
+    {
+        "llama": Entry("shapley_svc.model.layouts:PRE_NORM", "Llama 2 / 3"),
+        "mistral": Entry("shapley_svc.model.layouts:PRE_NORM", "Mistral"),
+        "qwen2": Entry("shapley_svc.model.layouts:PRE_NORM", "Qwen2 / 2.5"),
+        "qwen3": Entry("shapley_svc.model.layouts:PRE_NORM", "Qwen3"),
+    },
+    error=ModelLoadError,
+    unknown="unsupported",
+    advice="Add a Layout to shapley_svc/model/layouts.py if it is a pre-norm residual decoder.",
+)
+"""The layout of each supported ``config.model_type``."""
 
 
 def layout_for(model_type: str) -> Layout:
     """The layout of ``config.model_type``; an unsupported type is an error naming the supported ones."""
-    try:
-        return LAYOUTS[model_type]
-    except KeyError:
-        close = difflib.get_close_matches(model_type, LAYOUTS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ModelLoadError(
-            f"unsupported architecture {model_type!r}: supported are {', '.join(sorted(LAYOUTS))}.{hint} "
-            "Add a Layout to shapley_svc/model/layouts.py if it is a pre-norm residual decoder."
-        ) from None
+    layout: Layout = LAYOUTS.load(model_type)
+    return layout
 
 
 def resolve(root: nn.Module, dotted_path: str) -> nn.Module:

@@ -182,7 +182,7 @@ def test_registry_builds_mmlu_and_suggests_names(mmlu_dir: Path) -> None:
     value_fn = make_value_fn("mmlu", {"data_dir": mmlu_dir, "shots": 1})
     assert isinstance(value_fn, MMLU)
     assert value_fn.task_names == ("mmlu.p_correct",)
-    with pytest.raises(ConfigError, match="did you mean mmlu"):
+    with pytest.raises(ConfigError, match="did you mean 'mmlu'"):
         make_value_fn("mmlu5")
     with pytest.raises(ConfigError, match="did you mean 'shots'"):
         make_value_fn("mmlu", {"shot": 3})
