@@ -1,8 +1,10 @@
 """``ShapleyResult``: per-task, per-player estimates with uncertainty and provenance; exact merge; JSON.
 
-``merge`` pools two results of the same estimator on the same game as if their samples had been drawn
-in one run: means weighted by counts and sums of squared deviations pooled exactly (Chan et al. 1979):
-``M2 = M2_a + M2_b + delta^2 * c_a * c_b / (c_a + c_b)`` with ``M2 = stderr^2 * c * (c - 1)``.
+``merge`` pools two results of the same Monte Carlo estimator on the same game as if their samples had been
+drawn in one run: means weighted by counts and sums of squared deviations pooled exactly (Chan et al. 1979):
+``M2 = M2_a + M2_b + delta^2 * c_a * c_b / (c_a + c_b)`` with ``M2 = stderr^2 * c * (c - 1)``. That is valid
+only where a value is the mean of ``counts`` independent samples (``Estimator.mergeable``); it is refused
+for regression, quadrature, stratified and exact estimators, whose results are not such means.
 Results are stored as versioned JSON, never pickle.
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from shapley_svc.errors import ConfigError, DataError
+from shapley_svc.errors import ConfigError
+from shapley_svc.versioned import parse_document, validate_document
 
 RESULT_FORMAT = "shapley_svc.ShapleyResult"
 RESULT_VERSION = 1
@@ -46,7 +50,7 @@ class ShapleyResult:
         return [self.player_names[i] for i in np.argsort(self.values[task], kind="stable")]
 
     def merge(self, other: ShapleyResult) -> ShapleyResult:
-        """Pool two independent runs of the same estimator on the same game (exact moment pooling)."""
+        """Pool two independent runs of the same Monte Carlo estimator on the same game (exact moment pooling)."""
         if (self.player_names, self.task_names, self.estimator) != (
             other.player_names,
             other.task_names,
@@ -56,6 +60,13 @@ class ShapleyResult:
                 "merge needs results of the same estimator, players and tasks; got "
                 f"{self.estimator}/{len(self.player_names)} players and "
                 f"{other.estimator}/{len(other.player_names)} players"
+            )
+        from shapley_svc.estimators import REGISTRY  # the estimator classes know whether their results pool
+
+        if not REGISTRY.load(self.estimator).mergeable:
+            raise ConfigError(
+                f"{self.estimator} results cannot be merged: its values are not means of independent samples, so "
+                "pooling their moments would be wrong; run it once with the two budgets added instead"
             )
         count_a = self.counts.astype(np.float64)
         count_b = other.counts.astype(np.float64)
@@ -111,31 +122,41 @@ class ShapleyResult:
 
     @classmethod
     def from_json(cls, text: str) -> ShapleyResult:
-        """Read a result written by ``to_json``; refuses other formats and unknown versions."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"not a JSON ShapleyResult: {error}") from error
-        if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
-            raise DataError(f"not a ShapleyResult: the 'format' field must be {RESULT_FORMAT!r}")
-        if data.get("version") != RESULT_VERSION:
-            raise DataError(
-                f"ShapleyResult version {data.get('version')!r} is not supported (this code reads "
-                f"version {RESULT_VERSION}); upgrade shapley-svc"
-            )
-        try:
-            return cls(
-                values=np.asarray(data["values"], dtype=np.float64),
-                stderr=np.asarray(data["stderr"], dtype=np.float64),
-                counts=np.asarray(data["counts"], dtype=np.int64),
-                evaluations_used=int(data["evaluations_used"]),
-                v_full=np.asarray(data["v_full"], dtype=np.float64),
-                v_empty=np.asarray(data["v_empty"], dtype=np.float64),
-                player_names=tuple(data["player_names"]),
-                task_names=tuple(data["task_names"]),
-                estimator=str(data["estimator"]),
-                params=dict(data["params"]),
-                seed=int(data["seed"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise DataError(f"malformed ShapleyResult JSON: {error!r}") from error
+        """Read a result written by ``to_json``; refuses other formats and newer versions."""
+        document = parse_document(
+            text, "ShapleyResult", version=RESULT_VERSION, version_key="version", format_name=RESULT_FORMAT
+        )
+        data = validate_document(_ResultDocument, document, "ShapleyResult")
+        return cls(
+            values=np.asarray(data.values, dtype=np.float64),
+            stderr=np.asarray(data.stderr, dtype=np.float64),
+            counts=np.asarray(data.counts, dtype=np.int64),
+            evaluations_used=data.evaluations_used,
+            v_full=np.asarray(data.v_full, dtype=np.float64),
+            v_empty=np.asarray(data.v_empty, dtype=np.float64),
+            player_names=data.player_names,
+            task_names=data.task_names,
+            estimator=data.estimator,
+            params=data.params,
+            seed=data.seed,
+        )
+
+
+class _ResultDocument(BaseModel):
+    """The JSON form of a :class:`ShapleyResult` (what ``to_dict`` writes), validated on read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["shapley_svc.ShapleyResult"]
+    version: Literal[1]
+    estimator: str
+    params: dict[str, Any]
+    seed: int
+    player_names: tuple[str, ...]
+    task_names: tuple[str, ...]
+    values: list[list[float]]
+    stderr: list[list[float]]
+    counts: list[int]
+    evaluations_used: int
+    v_full: list[float]
+    v_empty: list[float]

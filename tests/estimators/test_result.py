@@ -58,3 +58,10 @@ def test_json_round_trip_and_version_check() -> None:
         ShapleyResult.from_json(json.dumps(newer))
     with pytest.raises(DataError, match="not a ShapleyResult"):
         ShapleyResult.from_json("{}")
+
+
+def test_merge_is_refused_where_values_are_not_sample_means() -> None:
+    samples = np.ones((3, 3))
+    for estimator in ("structured_gp", "kernelshap", "stratified", "exact"):
+        with pytest.raises(ConfigError, match="cannot be merged"):
+            result_from_samples(samples, 0, estimator=estimator).merge(result_from_samples(samples, 1, estimator))
