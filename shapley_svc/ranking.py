@@ -11,22 +11,21 @@ written by a newer version is refused rather than misread.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from shapley_svc.errors import ConfigError, DataError
+from shapley_svc.errors import ConfigError
 from shapley_svc.players import Granularity, Player
+from shapley_svc.versioned import check_header, parse_document, read_text, validate_document, write_text
 
 FORMAT_VERSION = 1
 """Version of the JSON written by :class:`Ranking` and :class:`RankingSet`; bump it on any breaking change."""
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _METHOD = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.\-]+)?")
 
@@ -115,16 +114,16 @@ class Ranking(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> Ranking:
         """A ranking from its JSON; a malformed or newer-version document is a DataError."""
-        return _validate(cls, _parse_versioned(text, "ranking"), "ranking")
+        return validate_document(cls, parse_document(text, "ranking", version=FORMAT_VERSION), "ranking")
 
     def save(self, path: str | Path) -> None:
         """Write the ranking's JSON to ``path``."""
-        _write(Path(path), self.to_json())
+        write_text(Path(path), self.to_json(), "ranking")
 
     @classmethod
     def load(cls, path: str | Path) -> Ranking:
         """Read a ranking written by :meth:`save`."""
-        return cls.from_json(_read(Path(path)))
+        return cls.from_json(read_text(Path(path), "ranking"))
 
 
 class RankingSet(BaseModel):
@@ -154,71 +153,20 @@ class RankingSet(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> RankingSet:
         """A set from its JSON, or a one-element set from a single ranking's JSON."""
-        document = _parse_versioned(text, "ranking set")
+        document = parse_document(text, "ranking set", version=FORMAT_VERSION)
         if "rankings" not in document:
-            return cls(rankings=(_validate(Ranking, document, "ranking"),))
+            return cls(rankings=(validate_document(Ranking, document, "ranking"),))
         entries = document["rankings"]
         for entry in entries if isinstance(entries, list) else ():
             if isinstance(entry, dict):
-                _check_version(entry, "ranking")
-        return _validate(cls, document, "ranking set")
+                check_header(entry, "ranking", version=FORMAT_VERSION)
+        return validate_document(cls, document, "ranking set")
 
     def save(self, path: str | Path) -> None:
         """Write the set's JSON to ``path``."""
-        _write(Path(path), self.to_json())
+        write_text(Path(path), self.to_json(), "ranking")
 
     @classmethod
     def load(cls, path: str | Path) -> RankingSet:
         """Read a set (or a single ranking) written by ``save``."""
-        return cls.from_json(_read(Path(path)))
-
-
-def _parse_versioned(text: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"the {what} is not valid JSON ({error}): pass a file written by shapley-svc") from error
-    if not isinstance(document, dict):
-        raise DataError(f"the {what} must be a JSON object, got {type(document).__name__}")
-    _check_version(document, what)
-    return document
-
-
-def _check_version(document: dict[str, Any], what: str) -> None:
-    version = document.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise DataError(f"the {what} has format_version {version!r}; expected an integer from 1 to {FORMAT_VERSION}")
-    if version > FORMAT_VERSION:
-        raise DataError(
-            f"the {what} has format_version {version}, newer than the {FORMAT_VERSION} this shapley-svc reads: "
-            "upgrade shapley-svc to read it"
-        )
-
-
-def _validate(model: type[ModelT], document: dict[str, Any], what: str) -> ModelT:
-    try:
-        return model.model_validate(document)
-    except ValidationError as error:
-        problems = "; ".join(_describe(issue["loc"], issue["msg"]) for issue in error.errors())
-        raise DataError(f"invalid {what}: {problems}") from error
-
-
-def _describe(location: tuple[int | str, ...], message: str) -> str:
-    """One pydantic issue as ``field: message``, without pydantic's ``Value error,`` prefix."""
-    message = message.removeprefix("Value error, ")
-    return f"{'.'.join(str(part) for part in location)}: {message}" if location else message
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise DataError(f"cannot read ranking file {str(path)!r} ({error.strerror}): check the path") from error
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-    except OSError as error:
-        raise DataError(f"cannot write ranking file {str(path)!r} ({error.strerror}): check the path") from error
+        return cls.from_json(read_text(Path(path), "ranking"))
