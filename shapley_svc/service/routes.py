@@ -33,13 +33,15 @@ def _error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, 
 
 _READ_ERRORS = _error_responses({404: "no job with this id"})
 _WRITE_ERRORS = _error_responses({401: "no bearer token", 403: "wrong bearer token"})
+_CANCEL_ERRORS = {**_WRITE_ERRORS, **_READ_ERRORS, **_error_responses({409: "already finished"})}
+# the result views, beside the 404 of every result route: an ambiguous choice (400), not produced yet (409)
+_RANKING_ERRORS = _error_responses(
+    {400: "several tasks or estimators match; name one", 409: "the job has not produced this result yet"}
+)
+_COMPARISON_ERRORS = _error_responses(
+    {400: "several estimators match; name one", 409: "the job has not produced results at this level yet"}
+)
 _result_routes = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"], responses=_READ_ERRORS)
-
-
-def _view_errors(ambiguous: str, not_ready: str) -> dict[int | str, dict[str, Any]]:
-    """The errors of a route reading one view of a job's results, beside the 404 of every result route: an
-    ambiguous choice (400) and a result not produced yet (409)."""
-    return _error_responses({400: ambiguous, 409: not_ready})
 
 
 _JOB_ID = Annotated[str, Path(description="the job's id, as returned by POST /v1/jobs")]
@@ -160,7 +162,7 @@ def get_job(store: StoreDep, job_id: _JOB_ID) -> schemas.JobDetail:
     "/v1/jobs/{job_id}/cancel",
     tags=["jobs"],
     dependencies=[Depends(require_token)],
-    responses={**_WRITE_ERRORS, **_READ_ERRORS, **_error_responses({409: "already finished"})},
+    responses=_CANCEL_ERRORS,
 )
 def cancel_job(manager: ManagerDep, job_id: _JOB_ID) -> schemas.JobInfo:
     """Cancel a queued or running job; a running one stops at its next progress report (about 1 s)."""
@@ -174,10 +176,7 @@ def get_results(stored: StoredResults) -> schemas.JobResults:
     return schemas.JobResults(job_id=job.id, status=job.status, results=entries)
 
 
-@_result_routes.get(
-    "/ranking",
-    responses=_view_errors("several tasks or estimators match; name one", "the job has not produced this result yet"),
-)
+@_result_routes.get("/ranking", responses=_RANKING_ERRORS)
 def get_ranking(
     stored: StoredResults,
     level: schemas.Level = "block",
@@ -191,10 +190,7 @@ def get_ranking(
     return views.ranking_view(job, entries, level=level, task=task, estimator=estimator, order=order, top_k=top_k)
 
 
-@_result_routes.get(
-    "/compare",
-    responses=_view_errors("several estimators match; name one", "the job has not produced results at this level yet"),
-)
+@_result_routes.get("/compare", responses=_COMPARISON_ERRORS)
 def compare_tasks(
     stored: StoredResults,
     level: schemas.Level = "block",
