@@ -21,7 +21,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -60,6 +60,16 @@ class StoppingCriterion(abc.ABC):
 
     def __invert__(self) -> StoppingCriterion:
         return Not(self)
+
+
+NumberT = TypeVar("NumberT", int, float)
+
+
+def _positive(value: NumberT, rule: str, what: str) -> NumberT:
+    """``value``, or a ConfigError if it is not above zero."""
+    if value <= 0:
+        raise ConfigError(f"{rule} needs a positive {what}, got {value}")
+    return value
 
 
 class AllOf(StoppingCriterion):
@@ -122,9 +132,7 @@ class MaxEvaluations(StoppingCriterion):
     measure_name = "evaluations"
 
     def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ConfigError(f"MaxEvaluations needs a positive limit, got {limit}")
-        self.limit = limit
+        self.limit = _positive(limit, "MaxEvaluations", "limit")
 
     def should_stop(self, result: ShapleyResult) -> bool:
         """Evaluations used reached the limit."""
@@ -138,9 +146,7 @@ class MaxTime(StoppingCriterion):
     measure_name = "seconds"
 
     def __init__(self, seconds: float) -> None:
-        if seconds <= 0:
-            raise ConfigError(f"MaxTime needs a positive number of seconds, got {seconds}")
-        self.seconds = seconds
+        self.seconds = _positive(seconds, "MaxTime", "number of seconds")
         self._start: float | None = None
 
     def should_stop(self, result: ShapleyResult) -> bool:
@@ -163,9 +169,7 @@ class StderrBelow(StoppingCriterion):
     measure_name = "max_stderr"
 
     def __init__(self, threshold: float) -> None:
-        if threshold <= 0:
-            raise ConfigError(f"StderrBelow needs a positive threshold, got {threshold}")
-        self.threshold = threshold
+        self.threshold = _positive(threshold, "StderrBelow", "threshold")
 
     def should_stop(self, result: ShapleyResult) -> bool:
         """Largest stderr below the threshold."""

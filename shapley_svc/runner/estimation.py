@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 from shapley_svc.errors import BudgetExceededError
@@ -65,22 +65,17 @@ Steering = Callable[[Any], None]
 
 
 @dataclass
-class RunStats:
-    """What one run did: coalitions told, evaluated by workers, served by the cache, and why it stopped."""
+class RunStats(EvaluationStats):
+    """What one run did: the evaluator's counts of its work, coalitions told, and why it stopped."""
 
     told: int = 0
-    evaluated: int = 0
-    cache_hits: int = 0
-    deduplicated: int = 0
-    chunks: int = 0
     seconds: float = 0.0
     stopped_by: str = ""
-    worker_seconds: float = 0.0
 
     def count(self, work: EvaluationStats) -> None:
         """Take the evaluator's counts of this run's work."""
-        self.evaluated, self.cache_hits, self.deduplicated = work.evaluated, work.cache_hits, work.deduplicated
-        self.chunks, self.worker_seconds = work.chunks, work.worker_seconds
+        for counter in fields(EvaluationStats):
+            setattr(self, counter.name, getattr(work, counter.name))
 
     def as_dict(self) -> dict[str, Any]:
         return {

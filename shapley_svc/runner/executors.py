@@ -29,7 +29,7 @@ import numpy as np
 
 from shapley_svc.errors import ConfigError, EvaluationError, ModelLoadError, ShapleySvcError
 from shapley_svc.spec import ExecutorSpec, JobSpec, ModelSpec, TaskSpec
-from shapley_svc.types import Coalitions, Values
+from shapley_svc.types import Coalitions, Game, Values
 
 if TYPE_CHECKING:
     from shapley_svc.values.base import ValueFunction
@@ -37,21 +37,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class FingerprintedGame(Protocol):
+class FingerprintedGame(Game, Protocol):
     """A :class:`~shapley_svc.types.Game` whose values depend only on :meth:`fingerprint` and the coalition."""
 
-    @property
-    def n_players(self) -> int: ...
-
-    @property
-    def player_names(self) -> tuple[str, ...]: ...
-
-    @property
-    def task_names(self) -> tuple[str, ...]: ...
-
     def fingerprint(self) -> str: ...
-
-    def __call__(self, coalitions: Coalitions) -> Values: ...
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,17 @@ class CacheLookup:
     values: Values
 
 
+def cacheable(coalitions: Coalitions, values: Values) -> tuple[Coalitions, Values]:
+    """bool[k, n] and float[k, t] as a cache stores them; mismatched rows or a non-finite value are a StoreError."""
+    coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    if len(coalitions) != len(values):
+        raise StoreError(f"{len(coalitions)} coalitions but {len(values)} value rows; give one row each")
+    if not np.isfinite(values).all():
+        raise StoreError("refusing to cache non-finite values: a NaN or infinite value is an evaluation error")
+    return coalitions, values
+
+
 class ValueCache(Protocol):
     """Coalition values by game fingerprint, set-up and coalition; safe to share between threads.
 

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from shapley_svc.coalitions import CoalitionTable
-from shapley_svc.store.base import CacheLookup, StoreError
+from shapley_svc.store.base import CacheLookup, cacheable
 from shapley_svc.types import Coalitions, Values
 
 
@@ -40,12 +40,7 @@ class MemoryValueCache:
 
     def put_values(self, game: str, coalitions: Coalitions, values: Values, *, setup: str = "") -> None:
         """Cache finite ``values`` (float[k, t]) of ``coalitions``; non-finite values are a StoreError."""
-        coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
-        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-        if len(coalitions) != len(values):
-            raise StoreError(f"{len(coalitions)} coalitions but {len(values)} value rows; give one row each")
-        if not np.isfinite(values).all():
-            raise StoreError("refusing to cache non-finite values: a NaN or infinite value is an evaluation error")
+        coalitions, values = cacheable(coalitions, values)
         with self._lock:
             self._tables.setdefault((game, setup), CoalitionTable()).put(coalitions, values)
 

@@ -32,6 +32,7 @@ from shapley_svc.store.base import (
     JobStatus,
     ResultRecord,
     StoreError,
+    cacheable,
 )
 from shapley_svc.types import Coalitions, Values
 
@@ -61,6 +62,9 @@ CREATE TABLE IF NOT EXISTS results (
     created_at REAL NOT NULL,
     PRIMARY KEY (job_id, granularity, estimator, task)
 );
+"""
+
+_VALUE_CACHE = """
 CREATE TABLE IF NOT EXISTS value_cache (
     game TEXT NOT NULL,
     setup TEXT NOT NULL,
@@ -73,22 +77,12 @@ CREATE TABLE IF NOT EXISTS value_cache (
 ) WITHOUT ROWID;
 """
 
-_MIGRATE_FROM_1 = """
-ALTER TABLE value_cache RENAME TO value_cache_v1;
-CREATE TABLE value_cache (
-    game TEXT NOT NULL,
-    setup TEXT NOT NULL,
-    coalition BLOB NOT NULL,
-    n_players INTEGER NOT NULL,
-    n_tasks INTEGER NOT NULL,
-    value_bytes BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (game, setup, coalition)
-) WITHOUT ROWID;
-INSERT INTO value_cache SELECT game, '', coalition, n_players, n_tasks, value_bytes, created_at FROM value_cache_v1;
-DROP TABLE value_cache_v1;
-UPDATE schema_version SET version = 2;
-"""
+_MIGRATE_FROM_1 = (
+    "ALTER TABLE value_cache RENAME TO value_cache_v1;"
+    + _VALUE_CACHE
+    + "INSERT INTO value_cache SELECT game, '', coalition, n_players, n_tasks, value_bytes, created_at "
+    "FROM value_cache_v1; DROP TABLE value_cache_v1; UPDATE schema_version SET version = 2;"
+)
 
 
 def _timestamp(seconds: float | None) -> datetime | None:
@@ -157,7 +151,7 @@ class SQLiteStore:
                 row = self._version(connection)
                 if row == 1:
                     _execute_script(connection, _MIGRATE_FROM_1)
-                _execute_script(connection, _SCHEMA)
+                _execute_script(connection, _SCHEMA + _VALUE_CACHE)
                 if row is None:
                     connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
                 elif row > SCHEMA_VERSION:
@@ -352,12 +346,7 @@ class SQLiteStore:
 
     def put_values(self, game: str, coalitions: Coalitions, values: Values, *, setup: str = "") -> None:
         """Cache finite ``values`` (float[k, t]) of ``coalitions``; non-finite values are a StoreError."""
-        coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
-        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-        if len(coalitions) != len(values):
-            raise StoreError(f"{len(coalitions)} coalitions but {len(values)} value rows; give one row each")
-        if not np.isfinite(values).all():
-            raise StoreError("refusing to cache non-finite values: a NaN or infinite value is an evaluation error")
+        coalitions, values = cacheable(coalitions, values)
         now = time.time()
         rows = [
             (
