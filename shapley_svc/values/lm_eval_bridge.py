@@ -64,7 +64,7 @@ def load_task(task: str, include_path: Path | None = None, num_fewshot: int | No
         if match is None:
             raise ConfigError(f"lm-eval task file {candidate} has no 'task: <name>' line")
         include_path, task = candidate.parent, match.group(1)
-    # Scanning lm-eval's thousands of bundled task configs takes half a minute: skip it for local tasks.
+    # Scanning lm-eval's thousands of bundled task configs is slow: skip it for local tasks.
     manager = _task_manager(str(include_path) if include_path is not None else None, include_path is None)
     try:
         loaded = manager.load([task])

@@ -17,7 +17,7 @@ is bounded, so no coalition dominates the Shapley values. Report accuracy with :
 (mean and standard error). Full-vocabulary letter log-likelihoods (lm-eval's numbers) are computed, still
 only at the last positions, with ``full_vocab_logprobs=True`` or :func:`evaluate_questions`.
 
-Speed: a subject's few-shot prefix (about 300 of 375 tokens) is packed once per row with several questions'
+Speed: a subject's few-shot prefix (most of each prompt) is packed once per row with several questions'
 suffixes (see :func:`~shapley_svc.engine.packing.pack_sequences`). The prefix/suffix split is made
 after the last shot's answer letter, before "\\n\\n", where byte-level BPE does not merge; every question's
 split is checked against the tokens of its whole prompt and a question whose tokens do not split cleanly
