@@ -98,7 +98,7 @@ def prune(request: PruneRequest) -> PruneReport:
     check_request(request)
     ranking = None if request.ranking is None else load_ranking(request.ranking, request.method, request.task)
     loaded = load_model(request.model, dtype=request.dtype, device=request.device)
-    plan, source, ranking_split = _plan(request, ranking, loaded)
+    plan, source, split = _plan(request, ranking, loaded)
     judge = request.lm_loss(request.judge_windows)
     judge_batches = [batch.to(loaded.device) for batch in judge.prepare(loaded.tokenizer)]
     pruned = apply.prune_model(loaded.model, loaded.layout, plan)
@@ -106,7 +106,7 @@ def prune(request: PruneRequest) -> PruneReport:
     loss_after = _loss(pruned, loaded.layout, judge, judge_batches)
     provenance = {
         "ranking": source,
-        "ranking_split": ranking_split.description,
+        "ranking_split": split.description,
         "judge_split": describe_split(judge).description,
     }
     out = apply.save_pruned(loaded, plan, request.out, pruned=pruned, provenance=provenance)
@@ -118,7 +118,7 @@ def prune(request: PruneRequest) -> PruneReport:
         model=loaded.name,
         removed=list(plan.names),
         ranking_source=source,
-        ranking_split=ranking_split,
+        ranking_split=split,
         judge_split=describe_split(judge),
         before=savings.footprint(loaded.model, loaded.layout, None, latency_before),
         after=savings.footprint(loaded.model, loaded.layout, plan, latency_after),
