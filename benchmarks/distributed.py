@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from shapley_svc.estimators import make_estimator
-from shapley_svc.runner.driver import RunControl, run_estimation
+from shapley_svc.runner.estimation import EstimationRun
+from shapley_svc.runner.evaluator import Control, Evaluator
 from shapley_svc.runner.executors import (
     Chunk,
     Executor,
@@ -144,15 +145,8 @@ def simulate(actors: int, seconds_per_coalition: float, chunk_size: int, rounds:
     estimator = make_estimator("permutation", SIMULATED_PLAYERS, budget, seed=0, params={"walks_per_round": walks})
     try:
         with SQLiteStore(folder / f"simulated-{actors}.sqlite") as store:
-            stats = run_estimation(
-                estimator,
-                pool,
-                pool.games()["block"],
-                store,
-                budget=budget,
-                chunk_size=chunk_size,
-                control=RunControl(progress_bar=False),
-            )
+            evaluator = Evaluator(pool, store, pool.games()["block"], chunk_size=chunk_size)
+            stats = EstimationRun(estimator, evaluator, budget=budget).run(Control(progress_bar=False))
     finally:
         pool.close()
     busy = stats.worker_seconds / (actors * stats.seconds)

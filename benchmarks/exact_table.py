@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shapley_svc.coalitions import layer_order
 from shapley_svc.estimators.exact import all_coalitions, shapley_from_table
 from shapley_svc.model.loading import load_model
 from shapley_svc.model.masked import MaskedModel
-from shapley_svc.runner.driver import lexicographic_rows
 from shapley_svc.values.base import ModelGame
 from shapley_svc.values.lm_loss import LanguageModelingLoss
 
@@ -57,7 +57,7 @@ def main() -> int:
     coalitions = all_coalitions(len(playing))
     masks = np.ones((len(coalitions), masked.n_players), dtype=bool)
     masks[:, playing] = coalitions
-    order = lexicographic_rows(masks)
+    order = layer_order(masks)
     values = np.empty(len(coalitions))
     started = time.perf_counter()
     with tqdm(total=len(order), desc="coalitions", unit="coal") as bar:
