@@ -243,7 +243,7 @@ def test_the_gpu_specs_cpu_twin_runs_with_the_shipped_runtime_env_as_in_process(
     assert [task.name for task in twin.tasks] == [task.name for task in gpu.tasks] == ["mmlu", "lm_loss"]
     dump_spec(twin, tmp_path / "twin.yaml")
 
-    # as cluster/README.md says: from the repository root, the spec named relative to it would ship too
+    # submitted from the repository root as cluster/README.md says: working_dir "." is this checkout
     probe = "import shapley_svc; print('IMPORTED', shapley_svc.__file__)"
     command = f'{sys.executable} -c "{probe}" && {sys.executable} -m shapley_svc.runner.entrypoint'
     command += f" {tmp_path / 'twin.yaml'} --no-progress"
