@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from shapley_svc.engine.batched import TokenBatch
+if TYPE_CHECKING:  # only for annotations, so that engine.batched can import this module
+    from shapley_svc.engine.batched import TokenBatch
 
 
 def run_backbone(backbone: nn.Module, batch: TokenBatch) -> Any:
