@@ -11,12 +11,12 @@ from shapley_svc.analysis.tasks import (
     RankCorrelation,
     RankingCurves,
     item_scores,
-    paired_difference,
     rank_correlations,
     ranking_curves,
     shapley_values,
     task_scores,
 )
+from shapley_svc.stats import paired_difference
 
 __all__ = [
     "Agreement",

@@ -154,12 +154,3 @@ def item_scores(
         for task in value_fn.task_names:
             rows[task].append(per_item[task.rsplit(".", 1)[1]])
     return {task: np.stack(task_rows) for task, task_rows in rows.items()}
-
-
-def paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
-    """(mean of ``first - second``, its standard error) over items scored under both (float[items] each)."""
-    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    if first.shape != second.shape or first.ndim != 1 or len(first) < 2:
-        raise ConfigError(f"need two equal-length item arrays of at least 2 items, got {first.shape}, {second.shape}")
-    difference = first - second
-    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
