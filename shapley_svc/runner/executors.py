@@ -96,12 +96,18 @@ Finished = ChunkResult | LostChunk
 
 @dataclass(frozen=True)
 class WorkerSetup:
-    """Everything a worker needs to build its games; plain data, sent to each worker once."""
+    """Everything a worker needs to build its games; plain data, sent to each worker once.
+
+    ``held_out`` tasks (self-contained batches, e.g. ``lm_loss``) give each granularity a second game,
+    ``<granularity>.held_out``, valued per batch (:class:`~shapley_svc.values.per_batch.PerBatch`), on which
+    plans are checked item by item against the full model.
+    """
 
     model: ModelSpec
     granularities: tuple[str, ...]
     tasks: tuple[TaskSpec, ...]
     threads: int = 1
+    held_out: tuple[TaskSpec, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> WorkerSetup:
@@ -114,12 +120,20 @@ class WorkerSetup:
         )
 
 
-def build_value_function(tasks: tuple[TaskSpec, ...]) -> ValueFunction:
-    """One value function scoring every task of ``tasks`` (one value column per task), via the registry."""
+HELD_OUT = ".held_out"
+"""Suffix of the key of a granularity's held-out game."""
+
+
+def build_value_function(tasks: tuple[TaskSpec, ...], *, per_batch: bool = False) -> ValueFunction:
+    """One value function scoring every task of ``tasks`` (one value column per task, or per task and batch
+    with ``per_batch``), via the registry."""
     from shapley_svc.values import make_value_fn
     from shapley_svc.values.multi import MultiTask
+    from shapley_svc.values.per_batch import PerBatch
 
     value_fns = [make_value_fn(task.name, task.params) for task in tasks]
+    if per_batch:
+        value_fns = [PerBatch(value_fn) for value_fn in value_fns]
     return value_fns[0] if len(value_fns) == 1 else MultiTask(value_fns)
 
 
@@ -137,6 +151,9 @@ def build_games(setup: WorkerSetup) -> dict[str, FingerprintedGame]:
     for granularity in setup.granularities:
         masked = MaskedModel(loaded.model, loaded.layout, granularity)
         games[granularity] = ModelGame(masked, build_value_function(setup.tasks), loaded.tokenizer, loaded.fingerprint)
+        if setup.held_out:
+            held_out = build_value_function(setup.held_out, per_batch=True)
+            games[granularity + HELD_OUT] = ModelGame(masked, held_out, loaded.tokenizer, loaded.fingerprint)
     return games
 
 
@@ -496,7 +513,11 @@ class RayActorPool:
 
 def make_executor(spec: JobSpec) -> Executor:
     """The executor a job spec asks for: in process, or a Ray actor pool."""
-    setup = WorkerSetup.from_spec(spec)
-    if spec.executor.kind == "local":
+    return start_executor(WorkerSetup.from_spec(spec), spec.executor)
+
+
+def start_executor(setup: WorkerSetup, executor: ExecutorSpec) -> Executor:
+    """Workers serving the games of ``setup``: in this process, or ``executor.num_workers`` Ray actors."""
+    if executor.kind == "local":
         return InProcessExecutor(GameWorker.from_setup(setup))
-    return RayActorPool(setup, spec.executor)
+    return RayActorPool(setup, executor)
