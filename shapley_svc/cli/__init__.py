@@ -15,7 +15,18 @@ from shapley_svc import __version__
 from shapley_svc.errors import ShapleySvcError
 
 # Subcommand modules, imported lazily so that `shapley-svc estimate` never imports torch.
-SUBCOMMANDS: tuple[str, ...] = ("run", "estimate", "job", "prune", "serve", "submit", "status", "ranking", "cancel")
+SUBCOMMANDS: tuple[str, ...] = (
+    "run",
+    "estimate",
+    "plan",
+    "job",
+    "prune",
+    "serve",
+    "submit",
+    "status",
+    "ranking",
+    "cancel",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,151 @@
+"""`shapley-svc plan`: choose which k players to remove, on a stored game table or on a model.
+
+    shapley-svc plan --table T.npz --remove 3 --budget 17 --seed 0 [--method NAME]
+    shapley-svc plan --model demo --corpus wikitext2 --windows 4 --window 128 --remove 8 --budget 106 --seed 0
+
+On a model the search reads coalitions through the same evaluator, store and executor as ``run`` (values
+cached, a local Ray pool by default), and the plan is then checked on held-out windows (the ones after the
+calibration windows) against the full model, paired window by window. The last line of stdout is the plan
+as JSON: ``removed``, ``evaluations_used`` (distinct coalitions the search read, never above the budget),
+``evaluations_computed``, ``value`` (of the remaining set on the calibration data) and, for a model,
+``held_out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from shapley_svc.cli.game_options import (
+    add_game_options,
+    executor_options,
+    lm_task,
+    resolve_defaults,
+    store_path,
+)
+from shapley_svc.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plan`` subcommand."""
+    from shapley_svc.planning import SEARCHERS
+
+    parser = subparsers.add_parser(
+        "plan",
+        help="choose which k blocks or sublayers to remove (on a game table or a model)",
+        description=f"{__doc__}\nSearchers: default (= {SEARCHERS.key('default')}, recommended); "
+        f"{SEARCHERS.describe()}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--table", default=None, help="game table .npz (format of shared/games/README.md)")
+    add_game_options(parser, model_default=None)
+    parser.add_argument("--remove", type=int, required=True, metavar="K", help="how many players to remove")
+    parser.add_argument("--budget", type=int, required=True, help="distinct coalitions the search may read")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same plan)")
+    parser.add_argument("--method", default="default", metavar="NAME", help=f"one of: {', '.join(SEARCHERS.names())}")
+    parser.add_argument(
+        "--target",
+        default=None,
+        choices=("block", "attn", "mlp", "any"),
+        help="which players may go (default: blocks, or any sublayer at --granularity sublayer)",
+    )
+    parser.add_argument("--objective", default=None, help="task, or task=weight,task=weight (default: the task)")
+    parser.add_argument(
+        "--held-out-windows",
+        type=int,
+        default=None,
+        help="held-out windows after the calibration ones (default: --windows)",
+    )
+    parser.add_argument("--out", default=None, help="also write the plan JSON to this file")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Search the plan on the table or the model; print it, and its JSON on the last line."""
+    if (args.table is None) == (args.model is None):
+        raise ConfigError("give exactly one of --table FILE.npz or --model NAME")
+    plan = plan_on_table(args) if args.table is not None else plan_on_model(args)
+    for name, value in (("removed", ", ".join(plan.removed)), ("value", f"{plan.value:.4f}")):
+        logger.info("%s: %s", name, value)
+    text = plan.to_json()
+    if args.out is not None:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def plan_on_table(args: argparse.Namespace) -> Any:
+    """The plan of ``--method`` on a stored table, the budget also enforced by the table game itself."""
+    from shapley_svc.estimators.table import TableGame
+    from shapley_svc.planning import Objective, RemovalProblem
+    from shapley_svc.runner.evaluator import Evaluator
+
+    game = TableGame.from_npz(args.table, budget=args.budget)
+    objective = Objective.parse(args.objective, game.task_names)
+    problem = RemovalProblem.of(
+        game.player_names, game.task_names, args.remove, target=args.target or "any", objective=objective
+    )
+    plan = _search(args, problem, Evaluator.of(game))
+    if plan.evaluations_used != game.evaluations_used:
+        raise ConfigError(f"the search read {game.evaluations_used} coalitions but reported {plan.evaluations_used}")
+    return plan
+
+
+def plan_on_model(args: argparse.Namespace) -> Any:
+    """The plan on the model's game through the executor and store the options name, checked on held-out data."""
+    from shapley_svc.model.loading import demo_checkpoint_folder
+    from shapley_svc.planning import Objective, RemovalProblem
+    from shapley_svc.planning.verify import held_out_check
+    from shapley_svc.runner.evaluator import Evaluator
+    from shapley_svc.runner.executors import HELD_OUT, start_executor
+    from shapley_svc.spec import ExecutorSpec
+    from shapley_svc.store.sqlite import SQLiteStore
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    resolve_defaults(args)
+    if args.model == "demo" and args.executor == "ray":
+        demo_checkpoint_folder()  # the one-time conversion happens here, not in every worker
+    executor = start_executor(_worker_setup(args), ExecutorSpec.model_validate(executor_options(args)))
+    try:
+        with SQLiteStore(store_path(args)) as store:
+            games = executor.games()
+            reuse = args.reuse_across_setups
+            evaluator = Evaluator(executor, store, games[args.granularity], reuse_across_setups=reuse)
+            tasks = evaluator.game.task_names
+            target = args.target or ("block" if args.granularity == "block" else "any")
+            objective = Objective.parse(args.objective, tasks)
+            problem = RemovalProblem.of(
+                evaluator.game.player_names, tasks, args.remove, target=target, objective=objective
+            )
+            plan = _search(args, problem, evaluator)
+            held_out = Evaluator(executor, store, games[args.granularity + HELD_OUT], reuse_across_setups=reuse)
+            return plan.with_held_out(held_out_check(plan, problem, held_out))
+    finally:
+        executor.close()
+
+
+def _worker_setup(args: argparse.Namespace) -> Any:
+    """The model, the calibration task and the held-out task (the windows after it, one per batch)."""
+    from shapley_svc.runner.executors import WorkerSetup
+    from shapley_svc.spec import ModelSpec, TaskSpec
+
+    held_out = lm_task(
+        args, windows=args.held_out_windows or args.windows, first_window=args.windows, windows_per_batch=1
+    )
+    return WorkerSetup(
+        model=ModelSpec(name=args.model, dtype=args.dtype, device=args.device),
+        granularities=(args.granularity,),
+        tasks=(TaskSpec.model_validate(lm_task(args)),),
+        held_out=(TaskSpec.model_validate(held_out),),
+    )
+
+
+def _search(args: argparse.Namespace, problem: Any, evaluator: Any) -> Any:
+    from shapley_svc.planning import search_plan
+
+    progress = not args.no_progress
+    return search_plan(problem, evaluator, budget=args.budget, method=args.method, seed=args.seed, progress=progress)

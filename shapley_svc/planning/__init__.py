@@ -1,0 +1,85 @@
+"""Pruning plans: which k players to remove, found by searching removal sets directly.
+
+A Shapley value averages a player's contribution over sub-networks of every size, while removing k of n
+players only visits sizes n - k..n; so a Shapley ranking is attribution, not a removal rule. A plan searcher
+reads removal sets through the one evaluator (reusing every cached value) under a budget of distinct reads,
+and its plan is the best set of k it read, verified on held-out data (:mod:`.verify`).
+
+Example:
+    >>> from shapley_svc.planning import SEARCHERS
+    >>> SEARCHERS.key("default")
+    'model_based'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from shapley_svc.planning.plan import HeldOut, RemovalPlan
+from shapley_svc.planning.problem import Objective, RemovalGame, RemovalProblem, Step
+from shapley_svc.planning.searchers import PlanSearcher, greedy_evaluations
+from shapley_svc.registry import Entry, Registry
+from shapley_svc.runner.evaluator import Control, Evaluator
+
+DEFAULT_SEARCHER = "model_based"
+
+SEARCHERS: Registry[PlanSearcher] = Registry(
+    "plan searcher",
+    PlanSearcher,
+    {
+        "model_based": Entry(
+            "shapley_svc.planning.model_based:ModelBasedSearch",
+            "Bayesian optimisation over removal sets with a Gaussian-process surrogate (recommended)",
+        ),
+        "greedy": Entry("shapley_svc.planning.searchers:GreedySearch", "SLEB: remove the best player, one at a time"),
+        "beam": Entry("shapley_svc.planning.searchers:BeamSearch", "greedy keeping the width best sets per size"),
+        "evolutionary": Entry(
+            "shapley_svc.planning.searchers:EvolutionarySearch", "EvoPress: swap mutations of one set of k"
+        ),
+        "ranking": Entry(
+            "shapley_svc.planning.searchers:RankingSearch", "the k lowest of a ranking (default: leave-one-out)"
+        ),
+    },
+    aliases={"default": DEFAULT_SEARCHER},
+)
+"""Every plan searcher by name; ``default`` is the recommended one."""
+
+
+def search_plan(
+    problem: RemovalProblem,
+    evaluator: Evaluator,
+    *,
+    budget: int,
+    method: str = "default",
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> RemovalPlan:
+    """Search removal sets of ``problem`` with the searcher ``method`` within ``budget`` distinct reads.
+
+    ``progress`` shows a bar of the reads out of the budget.
+    """
+    key = SEARCHERS.key(method)
+    searcher = SEARCHERS.build(key, params=params)
+    game = RemovalGame(problem, evaluator, budget)
+    with evaluator.tracking(Control(progress_bar=progress, total=budget, description=f"plan/{key}")):
+        searcher.search(game, np.random.default_rng(seed))
+    return RemovalPlan.from_search(game, method=key, seed=seed, params=dict(params or {}))
+
+
+__all__ = [
+    "DEFAULT_SEARCHER",
+    "SEARCHERS",
+    "HeldOut",
+    "Objective",
+    "PlanSearcher",
+    "RemovalGame",
+    "RemovalPlan",
+    "RemovalProblem",
+    "Step",
+    "greedy_evaluations",
+    "search_plan",
+]

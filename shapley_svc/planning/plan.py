@@ -1,0 +1,129 @@
+"""``RemovalPlan``: the players a search chose to remove, what it cost, how it was found, and how it holds
+up on held-out data; versioned JSON (:mod:`shapley_svc.versioned`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from shapley_svc.planning.problem import RemovalGame
+from shapley_svc.versioned import parse_document, validate_document
+
+PLAN_FORMAT = "shapley_svc.RemovalPlan"
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One task on held-out data: the full model's value, the plan's, and their paired difference (plan - full)
+    with its 95% interval over ``items`` items (or windows)."""
+
+    task: str
+    full: float
+    plan: float
+    difference: float
+    low: float
+    high: float
+    items: int
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """The best removal set of k a search read, with its calibration value, costs and path."""
+
+    method: str
+    seed: int
+    params: dict[str, Any]
+    k: int
+    budget: int
+    removed: tuple[str, ...]
+    objective: dict[str, float]
+    value: float
+    task_values: dict[str, float]
+    evaluations_used: int
+    evaluations_computed: int
+    path: tuple[tuple[tuple[str, ...], float], ...]
+    held_out: tuple[HeldOut, ...] = ()
+
+    @classmethod
+    def from_search(cls, game: RemovalGame, *, method: str, seed: int, params: dict[str, Any]) -> RemovalPlan:
+        """The plan a finished search leaves in ``game``: its best set of k players."""
+        problem, best = game.problem, game.best()
+        tasks = game.evaluator.game.task_names
+        return cls(
+            method=method,
+            seed=seed,
+            params=params,
+            k=problem.k,
+            budget=game.budget,
+            removed=problem.names(best.removed),
+            objective=dict(problem.objective.weights),
+            value=best.value,
+            task_values=dict(zip(tasks, game.task_values[best.removed].tolist(), strict=True)),
+            evaluations_used=game.used,
+            evaluations_computed=game.computed,
+            path=tuple((problem.names(step.removed), step.value) for step in game.path),
+        )
+
+    def with_held_out(self, held_out: tuple[HeldOut, ...]) -> RemovalPlan:
+        """This plan with its held-out check."""
+        return dataclasses.replace(self, held_out=held_out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with the format name and version."""
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION} | _PlanDocument.model_validate(
+            {"format": PLAN_FORMAT, "version": PLAN_VERSION, **dataclasses.asdict(self)}
+        ).model_dump(mode="json", exclude={"format", "version"})
+
+    def to_json(self) -> str:
+        """Versioned JSON text."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> RemovalPlan:
+        """Read a plan written by ``to_json``; refuses other formats and newer versions."""
+        document = parse_document(
+            text, "RemovalPlan", version=PLAN_VERSION, version_key="version", format_name=PLAN_FORMAT
+        )
+        data = validate_document(_PlanDocument, document, "RemovalPlan").model_dump(exclude={"format", "version"})
+        data["held_out"] = tuple(HeldOut(**entry) for entry in data["held_out"])
+        data["path"] = tuple((tuple(names), value) for names, value in data["path"])
+        return cls(**data)
+
+
+class _HeldOutDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    full: float
+    plan: float
+    difference: float
+    low: float
+    high: float
+    items: int
+
+
+class _PlanDocument(BaseModel):
+    """The JSON form of a :class:`RemovalPlan`, validated on read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["shapley_svc.RemovalPlan"]
+    version: Literal[1]
+    method: str
+    seed: int
+    params: dict[str, Any]
+    k: int
+    budget: int
+    removed: tuple[str, ...]
+    objective: dict[str, float]
+    value: float
+    task_values: dict[str, float]
+    evaluations_used: int
+    evaluations_computed: int
+    path: tuple[tuple[tuple[str, ...], float], ...]
+    held_out: tuple[_HeldOutDocument, ...] = ()

@@ -1,0 +1,192 @@
+"""What a plan search sees: which players may go, how many, what is maximised, and a budgeted game of
+removal sets.
+
+A *removal set* R (a frozenset of player indices) is scored by the objective on the coalition ``N \\ R``
+(every player present but those in R). Every searcher reads values only through :class:`RemovalGame`, which
+asks the one :class:`~shapley_svc.runner.evaluator.Evaluator` for them (so cached values are reused and new
+ones cached), counts every distinct removal set read against the budget, whether computed or served from
+the cache, refuses a read past the budget, and keeps the search path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shapley_svc.errors import BudgetExceededError, ConfigError
+from shapley_svc.players import Player
+from shapley_svc.runner.evaluator import Evaluator
+from shapley_svc.types import Coalitions, Values
+
+Removal = frozenset[int]
+"""A removal set: indices of the players removed from the full coalition."""
+
+TARGETS = ("block", "attn", "mlp", "any")
+"""Which players may be removed: blocks, attention sublayers only, MLP sublayers only, or any player."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A weighted sum of a game's task columns (one task: a single weight of 1)."""
+
+    weights: Mapping[str, float]
+
+    @classmethod
+    def parse(cls, text: str | None, task_names: Sequence[str]) -> Objective:
+        """``None`` (the only task), ``task`` or ``task=weight,task=weight`` over ``task_names``."""
+        if text is None:
+            if len(task_names) != 1:
+                raise ConfigError(f"the game has tasks {list(task_names)}: name the objective, e.g. {task_names[0]}")
+            return cls({task_names[0]: 1.0})
+        weights: dict[str, float] = {}
+        for part in text.split(","):
+            name, _, weight = part.partition("=")
+            try:
+                weights[name.strip()] = float(weight) if weight else 1.0
+            except ValueError:
+                raise ConfigError(f"objective weight {weight!r} of {name!r} is not a number") from None
+        return cls(weights).checked(task_names)
+
+    def checked(self, task_names: Sequence[str]) -> Objective:
+        """This objective, or a ConfigError naming a task the game does not have."""
+        unknown = [name for name in self.weights if name not in task_names]
+        if unknown or not self.weights:
+            raise ConfigError(
+                f"objective tasks {unknown or '(none)'} are not among the game's tasks {list(task_names)}"
+            )
+        return self
+
+    def column_weights(self, task_names: Sequence[str]) -> np.ndarray:
+        """float[t]: the weight of each task column (0 for tasks the objective leaves out)."""
+        return np.array([float(self.weights.get(name, 0.0)) for name in task_names])
+
+
+@dataclass(frozen=True)
+class RemovalProblem:
+    """Remove ``k`` of the ``candidates`` (player indices) from an ``n_players`` game to maximise ``objective``."""
+
+    player_names: tuple[str, ...]
+    task_names: tuple[str, ...]
+    candidates: tuple[int, ...]
+    k: int
+    objective: Objective
+
+    def __post_init__(self) -> None:
+        most = len(self.candidates) - (1 if len(self.candidates) == len(self.player_names) else 0)
+        if not 1 <= self.k <= most:
+            raise ConfigError(
+                f"cannot remove {self.k} of {len(self.candidates)} candidate players: choose k from 1 to {most} "
+                "(a model keeps at least one player)"
+            )
+        self.objective.checked(self.task_names)
+
+    @classmethod
+    def of(
+        cls,
+        player_names: Sequence[str],
+        task_names: Sequence[str],
+        k: int,
+        *,
+        target: str = "any",
+        objective: Objective | None = None,
+    ) -> RemovalProblem:
+        """The problem over a game's players; ``target`` keeps only blocks, attention or MLP sublayers."""
+        if target not in TARGETS:
+            raise ConfigError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+        kinds = {"block": ("block",), "attn": ("attn",), "mlp": ("mlp",)}.get(target)
+        candidates = tuple(index for index, name in enumerate(player_names) if kinds is None or _kind(name) in kinds)
+        if not candidates:
+            raise ConfigError(f"the game has no {target} players: its players are {list(player_names)[:4]}...")
+        chosen = objective or Objective.parse(None, task_names)
+        return cls(tuple(player_names), tuple(task_names), candidates, k, chosen)
+
+    @property
+    def n_players(self) -> int:
+        return len(self.player_names)
+
+    def coalitions(self, removals: Sequence[Removal]) -> Coalitions:
+        """bool[m, n]: the coalition each removal set leaves."""
+        coalitions = np.ones((len(removals), self.n_players), dtype=bool)
+        for row, removal in enumerate(removals):
+            coalitions[row, list(removal)] = False
+        return coalitions
+
+    def names(self, removal: Iterable[int]) -> tuple[str, ...]:
+        """The names of the removed players, in layer order."""
+        return tuple(self.player_names[index] for index in sorted(removal))
+
+
+def _kind(name: str) -> str:
+    try:
+        return Player.parse(name).kind
+    except ConfigError:
+        return "any"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One removal set the search read, in reading order, with its objective value."""
+
+    removed: Removal
+    value: float
+
+
+@dataclass
+class RemovalGame:
+    """The budgeted game a searcher plays: objective values of removal sets, read through the evaluator."""
+
+    problem: RemovalProblem
+    evaluator: Evaluator
+    budget: int
+    path: list[Step] = field(default_factory=list)
+    task_values: dict[Removal, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ConfigError(f"the budget must be at least 1 evaluation, got {self.budget}")
+        self._weights = self.problem.objective.column_weights(self.evaluator.game.task_names)
+        self._computed_before = self.evaluator.stats.evaluated
+
+    @property
+    def used(self) -> int:
+        """Distinct removal sets read so far (computed or from the cache)."""
+        return len(self.task_values)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.used
+
+    @property
+    def computed(self) -> int:
+        """Coalitions the evaluator computed for this search (the rest came from the cache)."""
+        return self.evaluator.stats.evaluated - self._computed_before
+
+    def known(self, removal: Removal) -> float | None:
+        """The objective value of a removal set already read, else None (free: reads nothing)."""
+        values = self.task_values.get(removal)
+        return None if values is None else float(values @ self._weights)
+
+    def values(self, removals: Sequence[Iterable[int]]) -> np.ndarray:
+        """float[m]: the objective value of each removal set; new ones count against the budget, in one batch."""
+        sets = [frozenset(removal) for removal in removals]
+        new = list(dict.fromkeys(removal for removal in sets if removal not in self.task_values))
+        if len(new) > self.remaining:
+            raise BudgetExceededError(
+                f"reading {len(new)} new removal sets would use {self.used + len(new)} of a budget of {self.budget}"
+            )
+        if new:
+            values: Values = self.evaluator.evaluate(self.problem.coalitions(new))
+            for removal, row in zip(new, values, strict=True):
+                self.task_values[removal] = np.asarray(row, dtype=np.float64)
+                self.path.append(Step(removal, float(row @ self._weights)))
+        return np.array([self.known(removal) for removal in sets], dtype=np.float64)
+
+    def best(self, size: int | None = None) -> Step:
+        """The best removal set read (of ``size`` players, by default the problem's k)."""
+        wanted = self.problem.k if size is None else size
+        steps = [step for step in self.path if len(step.removed) == wanted]
+        if not steps:
+            raise ConfigError(f"the search read no removal set of {wanted} players within its budget of {self.budget}")
+        return max(steps, key=lambda step: step.value)  # ties: the first read, so the same path gives the same plan
