@@ -1,0 +1,68 @@
+"""`shapley-svc plan` on the shipped table and on a tiny saved model (in process, held-out windows), and the
+plan's versioned JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from planning_games import SHIPPED_TABLE
+
+from shapley_svc.cli import main
+from shapley_svc.errors import DataError
+from shapley_svc.planning import RemovalPlan
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], *arguments: str) -> dict:
+    assert main(["plan", *arguments, "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_plan_on_the_shipped_table_prints_the_plan_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    plan = plan_json(capsys, "--table", str(SHIPPED_TABLE), "--remove", "3", "--budget", "16", "--seed", "0")
+    assert plan["removed"] == ["layer18.block", "layer19.block", "layer26.block"]
+    assert plan["evaluations_used"] == plan["evaluations_computed"] == 16
+    assert plan["value"] == pytest.approx(-4.1615, abs=1e-4) and plan["method"] == "model_based"
+    greedy = plan_json(capsys, "--table", str(SHIPPED_TABLE), "--remove", "3", "--budget", "33", "--method", "greedy")
+    assert greedy["removed"] == plan["removed"] and greedy["evaluations_used"] == 33
+    assert main(["plan", "--table", str(SHIPPED_TABLE), "--remove", "3", "--budget", "2", "--method", "greedy"]) == 2
+    assert "too small" in capsys.readouterr().err
+
+
+def test_plan_on_a_model_checks_the_plan_on_held_out_windows(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "s.sqlite"
+    common = ["--model", str(tiny_checkpoint), "--dtype", "float32", "--executor", "local", "--corpus", "lambada"]
+    common += ["--windows", "2", "--window", "32", "--store", str(store), "--granularity", "sublayer"]
+    plan = plan_json(capsys, *common, "--remove", "2", "--budget", "12", "--target", "attn", "--held-out-windows", "3")
+    assert len(plan["removed"]) == 2 and all(name.endswith(".attn") for name in plan["removed"])
+    assert plan["evaluations_used"] <= 12
+    (held_out,) = plan["held_out"]
+    assert held_out["task"] == "lambada.neg_loss" and held_out["items"] == 3
+    assert held_out["difference"] == pytest.approx(held_out["plan"] - held_out["full"])
+    assert held_out["low"] <= held_out["difference"] <= held_out["high"]
+    again = plan_json(capsys, *common, "--remove", "2", "--budget", "12", "--target", "attn", "--held-out-windows", "3")
+    assert again["removed"] == plan["removed"] and again["evaluations_computed"] == 0, "the second run is cached"
+
+
+def test_plan_json_round_trips_and_refuses_other_versions() -> None:
+    text = json.dumps(
+        {
+            "format": "shapley_svc.RemovalPlan", "version": 1, "method": "greedy", "seed": 0, "params": {}, "k": 1,
+            "budget": 3, "removed": ["layer1.block"], "objective": {"value": 1.0}, "value": -1.0,
+            "task_values": {"value": -1.0}, "evaluations_used": 2, "evaluations_computed": 2,
+            "path": [[["layer0.block"], -2.0], [["layer1.block"], -1.0]],
+            "held_out": [
+                {"task": "value", "full": 0.0, "plan": -1.0, "difference": -1.0, "low": -2.0, "high": 0.0, "items": 4}
+            ],
+        }
+    )  # fmt: skip
+    plan = RemovalPlan.from_json(text)
+    assert plan.removed == ("layer1.block",) and plan.held_out[0].items == 4
+    assert RemovalPlan.from_json(plan.to_json()) == plan
+    with pytest.raises(DataError, match="version 2, newer"):
+        RemovalPlan.from_json(text.replace('"version": 1', '"version": 2'))
+    with pytest.raises(DataError, match="evaluations_used"):
+        RemovalPlan.from_json(text.replace('"evaluations_used": 2', '"evaluations_used": "two"'))
