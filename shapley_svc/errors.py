@@ -23,3 +23,10 @@ class BudgetExceededError(ShapleySvcError):
 
 class EvaluationError(ShapleySvcError):
     """A coalition's value could not be computed (for example it came back NaN or infinite)."""
+
+
+def at_least(value: int, minimum: int, what: str) -> int:
+    """``value``, or a ConfigError naming ``what`` when it is below ``minimum``."""
+    if value < minimum:
+        raise ConfigError(f"{what} must be at least {minimum}, got {value}")
+    return value

@@ -21,7 +21,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, mod
 
 from shapley_svc.errors import ConfigError
 from shapley_svc.players import Granularity, Player
-from shapley_svc.versioned import check_header, parse_document, read_text, validate_document, write_text
+from shapley_svc.versioned import (
+    check_header,
+    parse_document,
+    read_document,
+    read_text,
+    validate_document,
+    write_text,
+)
 
 FORMAT_VERSION = 1
 """Version of the JSON written by :class:`Ranking` and :class:`RankingSet`; bump it on any breaking change."""
@@ -114,7 +121,7 @@ class Ranking(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> Ranking:
         """A ranking from its JSON; a malformed or newer-version document is a DataError."""
-        return validate_document(cls, parse_document(text, "ranking", version=FORMAT_VERSION), "ranking")
+        return read_document(cls, text, "ranking", version=FORMAT_VERSION)
 
     def save(self, path: str | Path) -> None:
         """Write the ranking's JSON to ``path``."""

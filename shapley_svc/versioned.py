@@ -68,6 +68,20 @@ def validate_document(model: type[ModelT], document: dict[str, Any], what: str) 
         raise DataError(f"invalid {what}: {problems}") from error
 
 
+def read_document(
+    model: type[ModelT],
+    text: str | bytes,
+    what: str,
+    *,
+    version: int,
+    version_key: str = "format_version",
+    format_name: str | None = None,
+) -> ModelT:
+    """The document in ``text``, its header checked (:func:`parse_document`), validated by ``model``."""
+    document = parse_document(text, what, version=version, version_key=version_key, format_name=format_name)
+    return validate_document(model, document, what)
+
+
 def read_text(path: Path, what: str) -> str:
     """The text of the file at ``path``; a DataError naming the path if it cannot be read."""
     try:

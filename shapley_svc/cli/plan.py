@@ -47,12 +47,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--budget", type=int, required=True, help="distinct coalitions the search may read")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same plan)")
     parser.add_argument("--method", default="default", metavar="NAME", help=f"one of: {', '.join(SEARCHERS.names())}")
-    parser.add_argument(
-        "--target",
-        default=None,
-        choices=("block", "attn", "mlp", "any"),
-        help="which players may go (default: blocks, or any sublayer at --granularity sublayer)",
-    )
+    targets = "blocks, attn or mlp sublayers only, any player (default: block, or any at --granularity sublayer)"
+    parser.add_argument("--target", choices=("block", "attn", "mlp", "any"), help=f"which players may go: {targets}")
     parser.add_argument("--objective", default=None, help="task, or task=weight,task=weight (default: the task)")
     parser.add_argument(
         "--held-out-windows",

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.versioned import parse_document, validate_document
+from shapley_svc.versioned import read_document
 
 RESULT_FORMAT = "shapley_svc.ShapleyResult"
 RESULT_VERSION = 1
@@ -123,10 +123,14 @@ class ShapleyResult:
     @classmethod
     def from_json(cls, text: str) -> ShapleyResult:
         """Read a result written by ``to_json``; refuses other formats and newer versions."""
-        document = parse_document(
-            text, "ShapleyResult", version=RESULT_VERSION, version_key="version", format_name=RESULT_FORMAT
+        data = read_document(
+            _ResultDocument,
+            text,
+            "ShapleyResult",
+            version=RESULT_VERSION,
+            version_key="version",
+            format_name=RESULT_FORMAT,
         )
-        data = validate_document(_ResultDocument, document, "ShapleyResult")
         return cls(
             values=np.asarray(data.values, dtype=np.float64),
             stderr=np.asarray(data.stderr, dtype=np.float64),

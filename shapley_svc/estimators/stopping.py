@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from shapley_svc.errors import ConfigError
+from shapley_svc.errors import ConfigError, at_least
 from shapley_svc.estimators.base import Estimator
 from shapley_svc.estimators.result import ShapleyResult
 from shapley_svc.registry import Entry, Registry
@@ -183,9 +183,7 @@ class RankStable(StoppingCriterion):
     measure_name = "rank_unchanged"
 
     def __init__(self, checkpoints: int = 3) -> None:
-        if checkpoints < 2:
-            raise ConfigError(f"RankStable needs at least 2 checkpoints, got {checkpoints}")
-        self.checkpoints = checkpoints
+        self.checkpoints = at_least(checkpoints, 2, "RankStable's checkpoints")
         self._history: list[tuple[int, ...]] = []
 
     def should_stop(self, result: ShapleyResult) -> bool:

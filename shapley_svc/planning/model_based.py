@@ -27,7 +27,7 @@ from itertools import combinations, product
 
 import numpy as np
 
-from shapley_svc.errors import ConfigError
+from shapley_svc.errors import ConfigError, at_least
 from shapley_svc.estimators.gp import JITTER, log_marginal_likelihood
 from shapley_svc.planning.problem import Removal, RemovalGame
 from shapley_svc.planning.searchers import PlanSearcher, swaps
@@ -166,10 +166,10 @@ class ModelBasedSearch(PlanSearcher):
     def __init__(
         self, rankings: Sequence[Sequence[float]] = (), batch: int = 1, tolerance: float = 1e-6, pool: int = 3
     ) -> None:
-        if batch < 1 or pool < 1 or tolerance < 0:
-            raise ConfigError(f"batch ({batch}) and pool ({pool}) must be at least 1 and tolerance ({tolerance}) >= 0")
+        if tolerance < 0:
+            raise ConfigError(f"tolerance must be at least 0, got {tolerance}")
         self.rankings = [np.asarray(scores, dtype=np.float64) for scores in rankings]
-        self.batch, self.tolerance, self.pool = batch, tolerance, pool
+        self.batch, self.pool, self.tolerance = at_least(batch, 1, "batch"), at_least(pool, 1, "pool"), tolerance
 
     def search(self, game: RemovalGame, rng: np.random.Generator) -> None:
         problem = game.problem

@@ -1,26 +1,25 @@
 """``RemovalPlan``: the players a search chose to remove, what it cost, how it was found, and how it holds
-up on held-out data; versioned JSON (:mod:`shapley_svc.versioned`)."""
+up on held-out data. A record that leaves the process (CLI, store, API), so a pydantic model, written and read
+as versioned JSON (:mod:`shapley_svc.versioned`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from shapley_svc.planning.problem import RemovalGame
-from shapley_svc.versioned import parse_document, validate_document
+from shapley_svc.versioned import read_document
 
 PLAN_FORMAT = "shapley_svc.RemovalPlan"
 PLAN_VERSION = 1
 
 
-@dataclass(frozen=True)
-class HeldOut:
+class HeldOut(BaseModel):
     """One task on held-out data: the full model's value, the plan's, and their paired difference (plan - full)
     with its 95% interval over ``items`` items (or windows)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: str
     full: float
@@ -31,10 +30,13 @@ class HeldOut:
     items: int
 
 
-@dataclass(frozen=True)
-class RemovalPlan:
-    """The best removal set of k a search read, with its calibration value, costs and path."""
+class RemovalPlan(BaseModel):
+    """The best removal set of k a search read, with its calibration value, costs and path (reading order)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["shapley_svc.RemovalPlan"] = PLAN_FORMAT
+    version: Literal[1] = PLAN_VERSION
     method: str
     seed: int
     params: dict[str, Any]
@@ -71,59 +73,15 @@ class RemovalPlan:
 
     def with_held_out(self, held_out: tuple[HeldOut, ...]) -> RemovalPlan:
         """This plan with its held-out check."""
-        return dataclasses.replace(self, held_out=held_out)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with the format name and version."""
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION} | _PlanDocument.model_validate(
-            {"format": PLAN_FORMAT, "version": PLAN_VERSION, **dataclasses.asdict(self)}
-        ).model_dump(mode="json", exclude={"format", "version"})
+        return self.model_copy(update={"held_out": held_out})
 
     def to_json(self) -> str:
         """Versioned JSON text."""
-        return json.dumps(self.to_dict())
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> RemovalPlan:
         """Read a plan written by ``to_json``; refuses other formats and newer versions."""
-        document = parse_document(
-            text, "RemovalPlan", version=PLAN_VERSION, version_key="version", format_name=PLAN_FORMAT
+        return read_document(
+            cls, text, "RemovalPlan", version=PLAN_VERSION, version_key="version", format_name=PLAN_FORMAT
         )
-        data = validate_document(_PlanDocument, document, "RemovalPlan").model_dump(exclude={"format", "version"})
-        data["held_out"] = tuple(HeldOut(**entry) for entry in data["held_out"])
-        data["path"] = tuple((tuple(names), value) for names, value in data["path"])
-        return cls(**data)
-
-
-class _HeldOutDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    task: str
-    full: float
-    plan: float
-    difference: float
-    low: float
-    high: float
-    items: int
-
-
-class _PlanDocument(BaseModel):
-    """The JSON form of a :class:`RemovalPlan`, validated on read."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal["shapley_svc.RemovalPlan"]
-    version: Literal[1]
-    method: str
-    seed: int
-    params: dict[str, Any]
-    k: int
-    budget: int
-    removed: tuple[str, ...]
-    objective: dict[str, float]
-    value: float
-    task_values: dict[str, float]
-    evaluations_used: int
-    evaluations_computed: int
-    path: tuple[tuple[tuple[str, ...], float], ...]
-    held_out: tuple[_HeldOutDocument, ...] = ()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shapley_svc.errors import ConfigError
+from shapley_svc.errors import ConfigError, at_least
 from shapley_svc.planning.problem import Removal, RemovalGame
 
 
@@ -68,9 +68,7 @@ class BeamSearch(PlanSearcher):
     name = "beam"
 
     def __init__(self, width: int = 4) -> None:
-        if width < 1:
-            raise ConfigError(f"beam width must be at least 1, got {width}")
-        self.width = width
+        self.width = at_least(width, 1, "the beam width")
 
     def search(self, game: RemovalGame, rng: np.random.Generator) -> None:
         k, candidates = game.problem.k, game.problem.candidates
@@ -111,10 +109,8 @@ class EvolutionarySearch(PlanSearcher):
     name = "evolutionary"
 
     def __init__(self, offspring: int = 8, initial: int = 8) -> None:
-        if offspring < 1 or initial < 1:
-            raise ConfigError(f"offspring ({offspring}) and initial ({initial}) must be at least 1")
-        self.offspring = offspring
-        self.initial = initial
+        self.offspring = at_least(offspring, 1, "offspring")
+        self.initial = at_least(initial, 1, "initial")
 
     def search(self, game: RemovalGame, rng: np.random.Generator) -> None:
         parent = self._start(game, rng, self.initial)
