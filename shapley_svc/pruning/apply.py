@@ -42,6 +42,7 @@ from shapley_svc.model.loading import LoadedModel, load_model
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.players import Player, parse_player
 from shapley_svc.pruning.select import PruningPlan
+from shapley_svc.versioned import parse_document, read_text, write_text
 
 MANIFEST_NAME = "shapley-svc-pruning.json"
 MANIFEST_VERSION = 1
@@ -146,25 +147,15 @@ def save_pruned(
         "skip": [p.name for p in skipped_in_pruned(plan)],
         "provenance": dict(provenance or {}),
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2), "prune manifest")
     return out
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The skip-form manifest of a folder written by :func:`save_pruned`."""
     path = Path(folder) / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path} not found: pass a folder written by `shapley-svc prune`") from error
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); re-run `shapley-svc prune`") from error
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise ConfigError(
-            f"{path} has manifest version {manifest.get('version')!r}, this shapley-svc reads "
-            f"{MANIFEST_VERSION}: re-run `shapley-svc prune` with this version"
-        )
-    return manifest
+    text = read_text(path, "prune manifest (write one with `shapley-svc prune`)")
+    return parse_document(text, f"prune manifest {path}", version=MANIFEST_VERSION, version_key="version")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from shapley_svc.players import Player
 from shapley_svc.pruning.savings import Footprint
 from shapley_svc.pruning.select import PruningPlan, candidates, least_important
 from shapley_svc.types import Game
+from shapley_svc.versioned import parse_document, read_text, write_text
 
 CURVES_FORMAT = "shapley-svc-pruning-curves"
 CURVES_VERSION = 1
@@ -96,18 +97,16 @@ class CurveSet:
 
     def save(self, path: str | Path) -> Path:
         """Write the curves as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(Path(path), json.dumps(self.to_dict(), indent=2), "pruning curves")
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> CurveSet:
         """Read curves written by :meth:`save`."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"could not read pruning curves {path}: {error}") from error
-        if data.get("format") != CURVES_FORMAT or data.get("version") != CURVES_VERSION:
-            raise ConfigError(f"{path} is not a version-{CURVES_VERSION} {CURVES_FORMAT} file")
+        text = read_text(Path(path), "pruning curves")
+        data = parse_document(
+            text, f"pruning curves {path}", version=CURVES_VERSION, version_key="version", format_name=CURVES_FORMAT
+        )
         return cls(int(data["num_layers"]), list(data["series"]), dict(data["splits"]))
 
 

@@ -34,6 +34,7 @@ from shapley_svc.pruning.curves import PruningSummary, Split, describe_split
 from shapley_svc.pruning.select import PruningPlan, select
 from shapley_svc.ranking import Ranking, RankingSet
 from shapley_svc.values.lm_loss import LanguageModelingLoss
+from shapley_svc.versioned import write_text
 
 SUMMARY_FILE = "pruning-summary.json"
 
@@ -136,7 +137,7 @@ def prune(request: PruneRequest) -> PruneReport:
             calibration_before=recovered.calibration.loss_without,
             calibration_after=recovered.calibration.loss_with,
         )
-    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str), "pruning summary")
     return PruneReport(plan, out, summary)
 
 
