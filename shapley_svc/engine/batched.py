@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.hooks import RemovableHandle
 
+from shapley_svc.engine.backbone import run_backbone, temporary_hooks
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.types import Coalitions
@@ -74,7 +74,6 @@ class BatchedEngine:
         """
         masked = self.masked
         captured: list[tuple[torch.Tensor, dict[str, Any]] | None] = [None] * masked.num_layers
-        handles: list[RemovableHandle] = []
 
         def capture(index: int) -> Callable[..., None]:
             def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -83,19 +82,10 @@ class BatchedEngine:
 
             return hook
 
-        try:
+        with temporary_hooks() as handles, masked.active(np.zeros(masked.n_players, dtype=bool)):
             for index, layer in enumerate(masked.layers):
                 handles.append(layer.register_forward_pre_hook(capture(index), with_kwargs=True))
-            with masked.active(np.zeros(masked.n_players, dtype=bool)):
-                masked.backbone(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    use_cache=False,
-                )
-        finally:
-            for handle in handles:
-                handle.remove()
+            run_backbone(masked.backbone, batch)
         if any(entry is None for entry in captured):
             raise ConfigError("the backbone did not call every decoder layer; its layout does not match the model")
         return PreparedBatch(

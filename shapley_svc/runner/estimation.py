@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from shapley_svc.errors import BudgetExceededError
@@ -90,31 +90,22 @@ class RunStats(EvaluationStats):
         }
 
 
+@dataclass
 class EstimationRun:
     """Pumps ``estimator`` against ``evaluator`` until it is done, a rule stops it, or ``budget`` are told."""
 
-    def __init__(
-        self,
-        estimator: AskTellEstimator,
-        evaluator: Evaluator,
-        *,
-        budget: int,
-        stopping: StoppingRule | None = None,
-        measure: StoppingMeasure | None = None,
-        steer: Steering | None = None,
-    ) -> None:
-        self.estimator = estimator
-        self.evaluator = evaluator
-        self.budget = budget
-        self.stopping = stopping
-        self.measure = measure
-        self.steer = steer
-        self.stats = RunStats()
-        self._requests: deque[tuple[Any, Ticket]] = deque()
-        self._asked = 0
-        self._asking = True
-        self._start = EvaluationStats()
-        self._started = 0.0
+    estimator: AskTellEstimator
+    evaluator: Evaluator
+    budget: int
+    stopping: StoppingRule | None = None
+    measure: StoppingMeasure | None = None
+    steer: Steering | None = None
+    stats: RunStats = field(default_factory=RunStats)
+    _requests: deque[tuple[Any, Ticket]] = field(default_factory=deque, repr=False)
+    _asked: int = 0
+    _asking: bool = True
+    _start: EvaluationStats = field(default_factory=EvaluationStats, repr=False)
+    _started: float = 0.0
 
     def run(self, control: Control | None = None) -> RunStats:
         """Pump to the end; ``control`` reports progress (its total defaults to the budget) and may cancel."""

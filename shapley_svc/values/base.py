@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.engine import BatchedEngine, PreparedBatch, TokenBatch
-from shapley_svc.errors import EvaluationError
+from shapley_svc.errors import ConfigError, EvaluationError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.types import Coalitions, Values
 
@@ -71,6 +71,12 @@ def runtime_setup(model: nn.Module) -> str:
         },
         sort_keys=True,
     )
+
+
+def require_prepared(ready: bool) -> None:
+    """A ConfigError unless the value function has been prepared (its fingerprint covers the token ids)."""
+    if not ready:
+        raise ConfigError("call prepare(tokenizer) before fingerprint(): the digest covers the token ids")
 
 
 class ModelGame:

@@ -34,7 +34,7 @@ from shapley_svc.data.mmlu import MMLUSubject
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.masked import MaskedModel
-from shapley_svc.values.base import digest
+from shapley_svc.values.base import digest, require_prepared
 from shapley_svc.values.mmlu import description
 from shapley_svc.values.multiple_choice import LoglikelihoodScoring, encode_texts, resolve_max_length
 
@@ -158,8 +158,7 @@ class LMEvalTask(LoglikelihoodScoring):
         return self.pack_requests(tokenizer, pair_sets, ids)
 
     def fingerprint(self) -> str:
-        if self._tokens is None:
-            raise ConfigError("call prepare(tokenizer) before fingerprint(): the digest covers the token ids")
+        require_prepared(self._tokens is not None)
         config = self._task.dump_config() if hasattr(self._task, "dump_config") else {}
         settings = {
             "kind": "lm_eval",

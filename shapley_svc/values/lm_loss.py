@@ -2,8 +2,8 @@
 
 ``v(S) = -(1/N) sum_tokens min(CE(token), cap)`` over non-overlapping windows of a corpus, tokenised
 without BOS. The cap (default ``ln(vocab_size)``, the loss of a uniform guess) bounds the value: an
-uncapped loss lets a few catastrophic coalitions (e.g. every block skipped, which scores 113 nats on the demo
-model) dominate the Shapley values. Logits are materialised for at most ``chunk_tokens`` tokens at once.
+uncapped loss lets a few catastrophic coalitions (e.g. every block skipped, which leaves only the tied
+embedding) dominate the Shapley values. Logits are materialised for at most ``chunk_tokens`` tokens at once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from shapley_svc.data.corpus import load_corpus, token_windows
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
-from shapley_svc.values.base import digest
+from shapley_svc.values.base import digest, require_prepared
 
 FORMAT_VERSION = 1
 
@@ -66,8 +66,7 @@ class LanguageModelingLoss:
         ]
 
     def fingerprint(self) -> str:
-        if self._tokens is None:
-            raise ConfigError("call prepare(tokenizer) before fingerprint(): the digest covers the token ids")
+        require_prepared(self._tokens is not None)
         settings = {
             "kind": "lm_loss",
             "version": FORMAT_VERSION,

@@ -42,7 +42,7 @@ from shapley_svc.engine import BatchedEngine, TokenBatch
 from shapley_svc.engine.packing import PackedSequences, pack_sequences
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.model.masked import MaskedModel
-from shapley_svc.values.base import digest
+from shapley_svc.values.base import digest, require_prepared
 from shapley_svc.values.multiple_choice import (
     continuation_logprobs,
     encode_texts,
@@ -241,8 +241,7 @@ class MMLU:
         return chosen
 
     def fingerprint(self) -> str:
-        if not self.questions:
-            raise ConfigError("call prepare(tokenizer) before fingerprint(): the digest covers the token ids")
+        require_prepared(bool(self.questions))
         settings = {
             "kind": "mmlu",
             "version": FORMAT_VERSION,

@@ -36,7 +36,7 @@ from shapley_svc.data.multiple_choice import MultipleChoiceItem, load_multiple_c
 from shapley_svc.engine import TokenBatch
 from shapley_svc.engine.packing import Readout, ScoredSequence, pack_scored
 from shapley_svc.errors import ConfigError, DataError
-from shapley_svc.values.base import digest
+from shapley_svc.values.base import digest, require_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,7 @@ class MultipleChoice(LoglikelihoodScoring):
         )
 
     def fingerprint(self) -> str:
-        if self._tokens is None or self._requests is None:
-            raise ConfigError("call prepare(tokenizer) before fingerprint(): the digest covers the token ids")
+        require_prepared(self._tokens is not None and self._requests is not None)
         settings = {
             "kind": "multiple_choice",
             "version": FORMAT_VERSION,
