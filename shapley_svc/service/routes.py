@@ -165,7 +165,7 @@ def get_job(store: StoreDep, job_id: _JOB_ID) -> schemas.JobDetail:
     responses=_CANCEL_ERRORS,
 )
 def cancel_job(manager: ManagerDep, job_id: _JOB_ID) -> schemas.JobInfo:
-    """Cancel a queued or running job; a running one stops at its next progress report (about 1 s)."""
+    """Cancel a queued or running job; a running one stops at its next progress report."""
     return views.job_info(manager.cancel(job_id))
 
 
