@@ -14,6 +14,7 @@ as JSON: ``removed``, ``evaluations_used`` (distinct coalitions the search read,
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def register(subparsers: Any) -> None:
     targets = "blocks, attn or mlp sublayers only, any player (default: block, or any at --granularity sublayer)"
     parser.add_argument("--target", choices=("block", "attn", "mlp", "any"), help=f"which players may go: {targets}")
     parser.add_argument("--objective", default=None, help="task, or task=weight,task=weight (default: the task)")
+    parser.add_argument(
+        "--params", type=json.loads, default=None, help="the searcher's options as JSON, e.g. '{\"batch\": 4}'"
+    )
     parser.add_argument(
         "--held-out-windows",
         type=int,
@@ -144,4 +148,12 @@ def _search(args: argparse.Namespace, problem: Any, evaluator: Any) -> Any:
     from shapley_svc.planning import search_plan
 
     progress = not args.no_progress
-    return search_plan(problem, evaluator, budget=args.budget, method=args.method, seed=args.seed, progress=progress)
+    return search_plan(
+        problem,
+        evaluator,
+        budget=args.budget,
+        method=args.method,
+        seed=args.seed,
+        params=args.params,
+        progress=progress,
+    )
