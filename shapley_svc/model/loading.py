@@ -66,6 +66,24 @@ _ABANDONED_STAGING_SECONDS = 3600  # a conversion takes well under a minute; old
 
 _TINY_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>")
 _TINY_VOCAB_SIZE = 512
+_TINY_OVERRIDES: dict[str, dict[str, object]] = {
+    # Windows, patterns and caps small enough that a test of a few dozen tokens meets each of them.
+    "gemma2": {"sliding_window": 8, "query_pre_attn_scalar": 16, "final_logit_softcapping": 0.5},
+    "gemma3_text": {
+        "sliding_window": 8,
+        "sliding_window_pattern": 2,
+        "query_pre_attn_scalar": 16,
+        "final_logit_softcapping": 0.5,
+    },
+    # Multipliers away from 1, so that a test notices any of them dropped.
+    "granite": {
+        "embedding_multiplier": 2.0,
+        "attention_multiplier": 0.25,
+        "residual_multiplier": 0.5,
+        "logits_scaling": 4.0,
+    },
+}
+"""Per-architecture settings of the tiny test configs, beside the shared ones of :func:`tiny_config`."""
 _TINY_TRAINING_TEXT = """\
 The river runs past the old mill and under the stone bridge before it reaches the town. In spring the
 water is high and brown, and the children who live near the bank are told to keep away from the edge.
@@ -281,7 +299,8 @@ def _with_attention_fallback(build: Callable[[str], PreTrainedModel]) -> PreTrai
         try:
             return build("sdpa")
         except (ValueError, ImportError) as error:
-            if "sdpa" not in str(error).lower():
+            message = str(error).lower()
+            if "sdpa" not in message and "scaled_dot_product_attention" not in message:  # Gemma 2 says the latter
                 raise
             logger.warning("SDPA attention unavailable (%s); using eager attention", error)
             return build("eager")
@@ -357,7 +376,10 @@ def tiny_model(
 
 
 def tiny_config(architecture: str = "llama", *, num_layers: int = 4) -> PretrainedConfig:
-    """The tiny test config (ASSETS.md) for a supported architecture, using the tiny tokenizer's ids."""
+    """The tiny test config (ASSETS.md) for a supported architecture, using the tiny tokenizer's ids.
+
+    Sliding windows (Gemma), logit caps (Gemma) and multipliers (Granite) are set so that they matter.
+    """
     layout_for(architecture)  # an unsupported one raises, naming the supported architectures
     bos, eos, pad, _unk = range(len(_TINY_SPECIAL_TOKENS))
     return AutoConfig.for_model(
@@ -374,6 +396,7 @@ def tiny_config(architecture: str = "llama", *, num_layers: int = 4) -> Pretrain
         bos_token_id=bos,
         eos_token_id=eos,
         pad_token_id=pad,
+        **_TINY_OVERRIDES.get(architecture, {}),
     )
 
 

@@ -1,17 +1,19 @@
 """`MaskedModel`: run a causal LM with only some decoder blocks or sublayers present, on one resident copy.
 
-Every supported architecture is a pre-norm residual decoder, so a layer is
-``h = h + attn(attn_norm(h))`` followed by ``h = h + mlp(mlp_norm(h))``. Skipping a sublayer means dropping
-its residual update (its norm, its matmuls and its add are not run at all); skipping a block returns the
-layer's input unchanged. A mask is switched on only inside :meth:`MaskedModel.active`, which overrides the
-``forward`` of the affected layer instances and restores them in ``finally``: no weights are copied or
-reloaded, and the model is whole again after an exception.
+A decoder layer is two residual branches (:mod:`shapley_svc.model.layouts`):
+``h = h + m * post_norm(attn(norm(h)))`` then the same for the MLP, with the norms and the multiplier ``m``
+that the architecture's layout names. Skipping a sublayer drops its whole branch (its norms, matmuls,
+multiplier and add are not run at all); skipping a block returns the layer's input unchanged. A mask is
+switched on only inside :meth:`MaskedModel.active`, which overrides the ``forward`` of the affected layer
+instances and restores them in ``finally``: no weights are copied or reloaded, and the model is whole again
+after an exception. :attr:`MaskedModel.head` applies the architecture's logit scaling (Granite, Gemma 2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,12 +21,78 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from shapley_svc.errors import ConfigError
+from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import Layout, resolve
 from shapley_svc.players import Granularity, Player, model_players
 
 LayerPlan = npt.NDArray[np.bool_]
 """bool[L, 2]: for each decoder layer, whether its attention (column 0) and its MLP (column 1) run."""
+
+
+@dataclass(frozen=True)
+class BranchModules:
+    """The modules of one residual branch of one layer (see :class:`~shapley_svc.model.layouts.Branch`)."""
+
+    module: nn.Module
+    norm: nn.Module | None
+    post_norm: nn.Module | None
+    multiplier: float | None
+
+    @classmethod
+    def of(cls, layer: nn.Module, layout: Layout, kind: str) -> BranchModules:
+        """The ``kind`` (``attn`` or ``mlp``) branch of ``layer``, as ``layout`` describes it."""
+        branch, multiplier, scale = layout.branch(kind), layout.residual_multiplier, None
+        if multiplier is not None:
+            if not isinstance(getattr(layer, multiplier, None), int | float):
+                raise ModelLoadError(
+                    f"{type(layer).__name__} has no numeric attribute {multiplier!r}; its layout in "
+                    "shapley_svc/model/layouts.py does not match this model"
+                )
+            scale = float(getattr(layer, multiplier))
+        return cls(
+            module=resolve(layer, branch.module),
+            norm=None if branch.norm is None else resolve(layer, branch.norm),
+            post_norm=None if branch.post_norm is None else resolve(layer, branch.post_norm),
+            multiplier=scale,
+        )
+
+    def input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the branch's module reads from the residual stream ``hidden`` [b, s, d]."""
+        return hidden if self.norm is None else self.norm(hidden)
+
+    def add(self, hidden: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """``hidden`` plus the branch's update made from its module's ``output`` [b, s, d]."""
+        update = output if self.post_norm is None else self.post_norm(output)
+        return hidden + (update if self.multiplier is None else update * self.multiplier)
+
+
+class LogitsHead(nn.Module):
+    """The LM head with its architecture's logit scaling: ``linear(x) / divisor``, then ``cap * tanh(. / cap)``."""
+
+    def __init__(self, linear: nn.Module, divisor: float | None, softcap: float | None):
+        super().__init__()
+        self.linear = linear
+        self.divisor = divisor
+        self.softcap = softcap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(hidden)  # [..., V]
+        if self.divisor is not None:
+            logits = logits / self.divisor
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def logits_head(model: nn.Module, layout: Layout) -> nn.Module:
+    """The head mapping final hidden states to the logits ``model`` returns (its linear head when unscaled)."""
+    linear = resolve(model, layout.head)
+    config = getattr(model, "config", None)
+    divisor = None if layout.logits_divisor is None else getattr(config, layout.logits_divisor, None)
+    softcap = None if layout.logits_softcap is None else getattr(config, layout.logits_softcap, None)
+    if divisor is None and softcap is None:
+        return linear
+    return LogitsHead(linear, None if divisor is None else float(divisor), None if softcap is None else float(softcap))
 
 
 class MaskedModel:
@@ -40,11 +108,9 @@ class MaskedModel:
         self.layers: list[nn.Module] = list(resolve(model, layout.layers))
         self.backbone = resolve(model, layout.layers.rsplit(".", 1)[0])
         self.final_norm = resolve(model, layout.final_norm)
-        self.head = resolve(model, layout.head)
-        self._attentions = [resolve(layer, layout.attention) for layer in self.layers]
-        self._attention_norms = [resolve(layer, layout.attention_norm) for layer in self.layers]
-        self._mlps = [resolve(layer, layout.mlp) for layer in self.layers]
-        self._mlp_norms = [resolve(layer, layout.mlp_norm) for layer in self.layers]
+        self.head = logits_head(model, layout)
+        self._attentions = [BranchModules.of(layer, layout, "attn") for layer in self.layers]
+        self._mlps = [BranchModules.of(layer, layout, "mlp") for layer in self.layers]
         self.players: tuple[Player, ...] = model_players(self.num_layers, self.granularity)
 
     @property
@@ -101,11 +167,13 @@ class MaskedModel:
         return hidden
 
     def _attention_update(self, index: int, hidden: torch.Tensor, layer_kwargs: dict[str, Any]) -> torch.Tensor:
-        update, _ = self._attentions[index](hidden_states=self._attention_norms[index](hidden), **layer_kwargs)
-        return hidden + update
+        branch = self._attentions[index]
+        output, _ = branch.module(hidden_states=branch.input(hidden), **layer_kwargs)
+        return branch.add(hidden, output)
 
     def _mlp_update(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self._mlps[index](self._mlp_norms[index](hidden))
+        branch = self._mlps[index]
+        return branch.add(hidden, branch.module(branch.input(hidden)))
 
     def _partial_forward(self, index: int, attention: bool, mlp: bool) -> Callable[..., torch.Tensor]:
         """A replacement ``forward`` for layer ``index`` that runs only the chosen sublayers."""
@@ -144,7 +212,8 @@ class MaskedModel:
         """
         plan = self.layer_plan(mask)
         overridden: list[int] = []
-        original_indices = [getattr(attention, "layer_idx", None) for attention in self._attentions]
+        attentions = [branch.module for branch in self._attentions]
+        original_indices = [getattr(attention, "layer_idx", None) for attention in attentions]
         try:
             for index, (attention, mlp) in enumerate(plan):
                 if attention and mlp:
@@ -153,11 +222,11 @@ class MaskedModel:
                 overridden.append(index)
             for index, slot in self._cache_slots(plan).items():
                 if original_indices[index] is not None:
-                    self._attentions[index].layer_idx = slot
+                    attentions[index].layer_idx = slot
             yield self
         finally:
             for index in overridden:
                 del self.layers[index].forward
-            for attention, layer_idx in zip(self._attentions, original_indices, strict=True):
+            for attention, layer_idx in zip(attentions, original_indices, strict=True):
                 if layer_idx is not None:
                     attention.layer_idx = layer_idx
