@@ -56,6 +56,16 @@ class BranchModules:
             multiplier=scale,
         )
 
+    @property
+    def first(self) -> nn.Module:
+        """The module that reads the residual stream (the norm before the sublayer, else the sublayer)."""
+        return self.module if self.norm is None else self.norm
+
+    @property
+    def last(self) -> nn.Module:
+        """The module whose output is the update (the norm after the sublayer, else the sublayer)."""
+        return self.module if self.post_norm is None else self.post_norm
+
     def input(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the branch's module reads from the residual stream ``hidden`` [b, s, d]."""
         return hidden if self.norm is None else self.norm(hidden)

@@ -5,12 +5,14 @@
 
 - Removed blocks are physically deleted: the decoder-layer list shrinks, every remaining
   ``self_attn.layer_idx`` is renumbered (the KV cache indexes its slots by it), ``config.num_hidden_layers``
-  is updated and every per-layer config list (any list of length ``num_hidden_layers``, e.g. Qwen2's
-  ``layer_types``) keeps only the entries of the layers that stay; Qwen2's ``max_window_layers`` is
-  recounted. Parameters, compute and KV cache all shrink.
-- A removed attention or MLP sublayer of a kept layer has its output projection (``o_proj`` /
-  ``down_proj``, and its bias if any) set to zero, so its residual update is exactly zero and outputs are
-  bit-identical to skipping it. Plain transformers still *runs* that sublayer, stores its parameters and,
+  is updated and every per-layer config list (any list of length ``num_hidden_layers``, e.g. the
+  ``layer_types`` of Qwen2 and Gemma 2 / 3 that say which layers use a sliding window) keeps only the
+  entries of the layers that stay; Qwen2's ``max_window_layers`` is recounted. Parameters, compute and KV
+  cache all shrink.
+- A removed attention or MLP sublayer of a kept layer has its output projection (the layout's
+  ``attention_output`` / ``mlp_output``, and its bias if any) set to zero, so its residual update is exactly
+  zero (a norm after it, as in Gemma and OLMo-2, maps zero to zero) and outputs are bit-identical to
+  skipping it. Plain transformers still *runs* that sublayer, stores its parameters and,
   for attention, fills its KV-cache slot: the plain form saves nothing for sublayers, only blocks.
 
 **Skip form**: the same folder plus ``shapley-svc-pruning.json``, a manifest listing the removed sublayers
@@ -46,9 +48,10 @@ from shapley_svc.versioned import parse_document, read_text, write_text
 
 MANIFEST_NAME = "shapley-svc-pruning.json"
 MANIFEST_VERSION = 1
-OUTPUT_PROJECTIONS: dict[str, str] = {"attn": "o_proj", "mlp": "down_proj"}
-"""The linear layer whose output is a sublayer's residual update, for every supported architecture."""
-_NOT_PER_LAYER_KEYS = frozenset({"architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens"})
+# Config lists that may happen to have num_hidden_layers entries without being per layer.
+_NOT_PER_LAYER_KEYS = frozenset(
+    {"architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "eos_token_id"}
+)
 
 
 def prune_model(model: PreTrainedModel, layout: Layout, plan: PruningPlan) -> PreTrainedModel:
@@ -81,12 +84,13 @@ def prune_model(model: PreTrainedModel, layout: Layout, plan: PruningPlan) -> Pr
 
 def zero_output_projection(layer: nn.Module, layout: Layout, kind: str) -> None:
     """Zero the output projection of ``layer``'s ``kind`` sublayer (``attn``/``mlp``): its update is exactly 0."""
-    sublayer = resolve(layer, layout.attention if kind == "attn" else layout.mlp)
-    projection = getattr(sublayer, OUTPUT_PROJECTIONS[kind], None)
+    branch = layout.branch(kind)
+    sublayer = resolve(layer, branch.module)
+    projection = getattr(sublayer, branch.output, None)
     if not isinstance(projection, nn.Linear):
         raise ModelLoadError(
-            f"{type(sublayer).__name__} has no linear {OUTPUT_PROJECTIONS[kind]!r}; add this architecture's "
-            "output projection to OUTPUT_PROJECTIONS in shapley_svc/pruning/apply.py"
+            f"{type(sublayer).__name__} has no linear {branch.output!r}; name this architecture's output "
+            "projection in its Layout in shapley_svc/model/layouts.py"
         )
     projection.weight.zero_()
     if projection.bias is not None:

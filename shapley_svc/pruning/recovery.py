@@ -17,8 +17,9 @@ the calibration loss worse. Emulators left at scale 0 are dropped.
 
 Emulators are saved beside the checkpoint as ``recovery.safetensors`` (never pickle) and attached to a
 loaded pruned model with forward hooks (:func:`attach`): the hook of a removed block or attention sits on
-the output of the module that runs just before it (previous kept layer, or the embedding), the hook of a
-removed MLP on the output of its own layer, whose zeroed MLP adds nothing.
+the output of the kept layer that runs just before it (or on the input of the first layer, after any
+embedding scaling the backbone applies, as Granite's), the hook of a removed MLP on the output of its own
+layer, whose zeroed MLP adds nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from shapley_svc.engine import TokenBatch
 from shapley_svc.engine.backbone import run_backbone, temporary_hooks
 from shapley_svc.errors import ConfigError, ModelLoadError
 from shapley_svc.model.layouts import Layout, resolve
+from shapley_svc.model.masked import BranchModules, logits_head
 from shapley_svc.players import Player, parse_player
 from shapley_svc.pruning.select import PruningPlan
 from shapley_svc.values.base import ValueFunction
@@ -134,7 +136,8 @@ class RecoveryAdapters:
 
 
 def anchor(plan: PruningPlan, player: Player) -> int | None:
-    """Pruned-model index of the layer whose output the emulator of ``player`` adds to (None: embedding)."""
+    """Pruned-model index of the layer whose output the emulator of ``player`` adds to (None: the first
+    layer's input)."""
     kept = plan.kept_layers
     if player.kind == "mlp":
         return kept.index(player.layer)
@@ -156,8 +159,10 @@ def attach(model: PreTrainedModel, layout: Layout, adapters: RecoveryAdapters) -
         if emulator is None:
             continue
         index = anchor(adapters.plan, player)
-        module = resolve(model, layout.embedding) if index is None else layers[index]
-        handles.append(module.register_forward_hook(_adding_hook(emulator)))
+        if index is None:
+            handles.append(layers[0].register_forward_pre_hook(_adding_input_hook(emulator), with_kwargs=True))
+        else:
+            handles.append(layers[index].register_forward_hook(_adding_hook(emulator)))
     return handles
 
 
@@ -180,6 +185,18 @@ def _adding_hook(emulator: Emulator) -> Callable[[nn.Module, Any, Any], torch.Te
                 "use transformers >= 4.57"
             )
         return output + emulator(output)
+
+    return hook
+
+
+def _adding_input_hook(emulator: Emulator) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
+    def hook(
+        _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if args:
+            return (args[0] + emulator(args[0]), *args[1:]), kwargs
+        hidden = kwargs["hidden_states"]
+        return args, {**kwargs, "hidden_states": hidden + emulator(hidden)}
 
     return hook
 
@@ -246,36 +263,43 @@ def _add_collecting_hooks(
     *,
     second_order: bool,
 ) -> None:
-    """Hooks adding each removed player's input ``x`` and update ``u`` to its moments; appended to ``handles``."""
+    """Hooks adding each removed player's input ``x`` and update ``u`` to its moments; appended to ``handles``.
+
+    A block's ``x`` is its layer's input and ``u`` the layer's output minus ``x``; a sublayer's ``x`` is the
+    input of its residual branch's first module and ``u`` the output of its last one (norm after it
+    included) times the layer's residual multiplier: the update the branch adds to the stream.
+    """
     layers = resolve(model, layout.layers)
     inputs: dict[str, torch.Tensor] = {}
 
-    def remember(key: str, position: int) -> Callable[..., None]:
+    def remember(player: Player) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            inputs[key] = args[position] if len(args) > position else kwargs["hidden_states"]
+            inputs[player.name] = args[0] if args else kwargs["hidden_states"]
 
         return hook
 
-    def collect(player: Player) -> Callable[..., None]:
+    def collect(player: Player, multiplier: float | None) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             update = output[0] if isinstance(output, tuple) else output
-            x = inputs[f"{player.layer}.{'mlp' if player.kind == 'mlp' else 'layer'}"]
+            x = inputs[player.name]
             if player.kind == "block":
                 update = update - x
+            elif multiplier is not None:
+                update = update * multiplier
             moments[player.name].add(x, update, second_order)
 
         return hook
 
     for player in plan.removed:
         layer = layers[player.layer]
-        if player.kind == "mlp":
-            norm = resolve(layer, layout.mlp_norm)
-            handles.append(norm.register_forward_pre_hook(remember(f"{player.layer}.mlp", 0), with_kwargs=True))
-            handles.append(resolve(layer, layout.mlp).register_forward_hook(collect(player)))
-            continue
-        handles.append(layer.register_forward_pre_hook(remember(f"{player.layer}.layer", 0), with_kwargs=True))
-        target = layer if player.kind == "block" else resolve(layer, layout.attention)
-        handles.append(target.register_forward_hook(collect(player)))
+        first: nn.Module = layer
+        last: nn.Module = layer
+        multiplier = None
+        if player.kind != "block":
+            branch = BranchModules.of(layer, layout, player.kind)
+            first, last, multiplier = branch.first, branch.last, branch.multiplier
+        handles.append(first.register_forward_pre_hook(remember(player), with_kwargs=True))
+        handles.append(last.register_forward_hook(collect(player, multiplier)))
 
 
 def _solve(moments: _Moments, kind: str, rank: int, ridge: float) -> Emulator:
@@ -306,7 +330,7 @@ def evaluate_value(
 ) -> np.ndarray:
     """float[t]: ``value_fn`` on a model run as is (plain forward, so hooks and masks apply)."""
     backbone = resolve(model, layout.layers.rsplit(".", 1)[0])
-    head = resolve(model, layout.head)
+    head = logits_head(model, layout)
     statistics = []
     for index, batch in enumerate(batches):
         final_hidden = run_backbone(backbone, batch).last_hidden_state

@@ -2,7 +2,8 @@
 
 - ``parameters``: stored parameters, each shared tensor once (tied embeddings count once).
 - ``active_parameters``: those that take part in a forward under the plan: a removed sublayer's weights
-  are stored by the plain form (zeroed) but neither run nor needed by the skip form.
+  (its whole residual branch, norms included) are stored by the plain form (zeroed) but neither run nor
+  needed by the skip form.
 - ``kv_bytes_per_token``: ``2 (K and V) * kv_heads * head_dim * bytes(dtype)`` summed over the attentions
   that run (skip form); ``kv_bytes_per_token_plain`` over every attention the plain form runs, zeroed ones
   included. Sliding-window layers are counted like full ones (the per-token growth below the window).
@@ -70,12 +71,9 @@ def footprint(
     present = plan.present
     removed_blocks = sum(parameter_count(layers[i]) for i in plan.removed_blocks)
     removed_sublayers = sum(
-        parameter_count(resolve(layers[p.layer], layout.attention))
-        + parameter_count(resolve(layers[p.layer], layout.attention_norm))
-        if p.kind == "attn"
-        else parameter_count(resolve(layers[p.layer], layout.mlp))
-        + parameter_count(resolve(layers[p.layer], layout.mlp_norm))
+        parameter_count(resolve(layers[p.layer], path))
         for p in plan.removed_sublayers
+        for path in layout.branch(p.kind).paths
     )
     per_attention = kv_bytes_per_attention(model)
     return Footprint(

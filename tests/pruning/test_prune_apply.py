@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.loading import LoadedModel, layout_for, model_fingerprint, tiny_config, tiny_tokenizer
 from shapley_svc.model.masked import MaskedModel, Player
-from shapley_svc.pruning.apply import load_skipping, read_manifest, save_pruned
+from shapley_svc.pruning.apply import load_skipping, read_manifest, save_pruned, shrink_config
 from shapley_svc.pruning.select import PruningPlan
 
 TOKENS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(3))
@@ -115,3 +115,12 @@ def test_manifest_and_refusals(tiny_llama: LoadedModel, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="layers 0 to 5"):
         PruningPlan.from_players([Player(6, "block")], 6)
     assert np.array_equal(PruningPlan.from_players([Player(2, "attn"), Player(2, "mlp")], 6).removed_blocks, [2])
+
+
+def test_only_per_layer_config_lists_shrink() -> None:
+    """A list of end-of-sequence ids as long as the layer list is not per layer (Llama 3 lists three)."""
+    config = tiny_config("gemma3_text", num_layers=3)
+    config.eos_token_id = [1, 2, 3]
+    shrink_config(config, (0, 2))
+    assert config.eos_token_id == [1, 2, 3] and config.num_hidden_layers == 2
+    assert config.layer_types == ["sliding_attention", "sliding_attention"]

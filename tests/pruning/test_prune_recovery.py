@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from shapley_svc.model.loading import LoadedModel
+from shapley_svc.engine import TokenBatch
+from shapley_svc.model.loading import LoadedModel, tiny_model
 from shapley_svc.model.masked import Player
 from shapley_svc.pruning.apply import load_skipping, prune_model, save_pruned
 from shapley_svc.pruning.recovery import (
@@ -85,3 +86,20 @@ def test_a_harmful_emulator_is_dropped(tiny_llama: LoadedModel) -> None:
         pruned, layout, adapters, lambda m: -float(evaluate_value(m, layout, calibration, batches)[0])
     )
     assert result.loss_with == result.loss_without and adapters.emulators == {}
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2", "olmo2", "granite"])
+def test_bias_fitted_on_one_token_restores_it_exactly(architecture: str) -> None:
+    """On a single token the mean update is the update: each emulator must add back what its branch added
+    (norms after the sublayer and residual multipliers included), so the pruned model's logits come back."""
+    loaded = tiny_model(architecture, num_layers=4, seed=3)
+    model, layout = loaded.model, loaded.layout
+    token = TokenBatch(torch.tensor([[17]]))
+    plan = PruningPlan.from_players([Player(0, "block"), Player(1, "attn"), Player(2, "mlp")], 4)
+    adapters = fit(model, layout, plan, [token], kind="bias")
+    pruned = prune_model(model, layout, plan)
+    with torch.inference_mode():
+        original = model(token.input_ids).logits
+        with attached(pruned, layout, adapters):
+            torch.testing.assert_close(pruned(token.input_ids).logits, original, rtol=0, atol=1e-5)
+        assert not torch.allclose(pruned(token.input_ids).logits, original, atol=1e-3)

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.loading import LoadedModel
+from shapley_svc.model.loading import LoadedModel, tiny_model
 from shapley_svc.model.masked import Player
 from shapley_svc.pruning.apply import save_pruned
 from shapley_svc.pruning.savings import footprint, interleaved_median, parameter_count
@@ -51,3 +51,13 @@ def test_interleaved_median_times_each_variant() -> None:
     assert order == ["a", "b"] * 4 and set(times) == {"a", "b"}
     with pytest.raises(ConfigError, match="repeats"):
         interleaved_median({"a": lambda: None}, repeats=0)
+
+
+def test_a_removed_sublayer_frees_its_whole_branch_norms_after_it_included() -> None:
+    """Gemma 2 norms before and after each sublayer: both norms of a removed branch count as inactive."""
+    loaded = tiny_model("gemma2", num_layers=2)
+    plan = PruningPlan.from_players([Player(0, "attn"), Player(1, "mlp")], 2)
+    before, after = footprint(loaded.model, loaded.layout), footprint(loaded.model, loaded.layout, plan)
+    attention_branch = HIDDEN * HIDDEN * 2 + HIDDEN * KV_WIDTH * 2 + 2 * HIDDEN  # q, o, k, v + two norms
+    mlp_branch = 3 * HIDDEN * MLP + 2 * HIDDEN  # gate, up, down + two norms
+    assert before.active_parameters - after.active_parameters == attention_branch + mlp_branch
