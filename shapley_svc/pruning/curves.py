@@ -242,20 +242,17 @@ class PruningSummary:
     def _footprint_rows(self) -> list[str]:
         """Parameters, KV bytes per token and (when timed) latency, before and after, with the change."""
         rows = []
-        for label, name in _FOOTPRINT_ROWS:
+        for label, name in FOOTPRINT_ROWS:
             before, after = getattr(self.before, name), getattr(self.after, name)
-            rows.append(_row(label, f"{before:,}", f"{after:,}", _change(before, after)))
+            rows.append(_row(label, f"{before:,}", f"{after:,}", relative_change(before, after)))
         before_s, after_s = self.before.latency_s, self.after.latency_s
         if before_s is not None and after_s is not None:
-            rows.append(
-                _row(
-                    "forward latency (ms)", f"{before_s * 1e3:.1f}", f"{after_s * 1e3:.1f}", _change(before_s, after_s)
-                )
-            )
+            change = relative_change(before_s, after_s)
+            rows.append(_row("forward latency (ms)", f"{before_s * 1e3:.1f}", f"{after_s * 1e3:.1f}", change))
         return rows
 
 
-_FOOTPRINT_ROWS = (
+FOOTPRINT_ROWS = (
     ("parameters", "parameters"),
     ("active parameters", "active_parameters"),
     ("KV bytes/token (skip)", "kv_bytes_per_token"),
@@ -268,6 +265,6 @@ def _row(label: str, before: object, after: object, change: str = "") -> str:
     return f"  {label:<26}{before!s:>16}{after!s:>16}  {change}"
 
 
-def _change(before: float | None, after: float | None) -> str:
+def relative_change(before: float | None, after: float | None) -> str:
     """The relative change from ``before`` to ``after`` as a signed percentage; empty when undefined."""
     return f"{(after / before - 1) * 100:+.1f}%" if before and after is not None else ""

@@ -10,7 +10,8 @@
     print(report.summary.format())
 
 The pruned model is judged on LM-loss windows disjoint from those used for calibration; the summary says
-which windows ranked, calibrated and judged, and whether the judging data is held out.
+which windows ranked, calibrated and judged, and whether the judging data is held out. The checkpoint's
+model card (``README.md``, :mod:`~shapley_svc.pruning.card`) says the same, and ``push_to_hub`` uploads it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from shapley_svc.model.layouts import Layout, resolve
 from shapley_svc.model.loading import LoadedModel, load_model
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.players import Player
-from shapley_svc.pruning import apply, recovery, savings
+from shapley_svc.pruning import apply, card, recovery, savings
 from shapley_svc.pruning.curves import PruningSummary, Split, describe_split
 from shapley_svc.pruning.select import PruningPlan, select
 from shapley_svc.ranking import Ranking, RankingSet
@@ -71,6 +72,7 @@ class PruneRequest:
     judge_windows: tuple[int, int] = (8, 8)
     ranking_windows: tuple[int, int] | None = None
     latency_repeats: int = 5
+    push_to_hub: str | None = None
 
     @property
     def explicit(self) -> bool:
@@ -87,11 +89,14 @@ class PruneRequest:
 
 @dataclass(frozen=True)
 class PruneReport:
-    """What :func:`prune` did: the plan, the folder it saved and the summary (also in ``pruning-summary.json``)."""
+    """What :func:`prune` did: the plan, the folder it saved, the summary (also in ``pruning-summary.json``),
+    the model card and, when pushed, the hub repository's URL."""
 
     plan: PruningPlan
     out: Path
     summary: PruningSummary
+    card: Path | None = None
+    hub_url: str | None = None
 
 
 def prune(request: PruneRequest) -> PruneReport:
@@ -138,11 +143,14 @@ def prune(request: PruneRequest) -> PruneReport:
             calibration_after=recovered.calibration.loss_with,
         )
     write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str), "pruning summary")
-    return PruneReport(plan, out, summary)
+    card_path = card.write_card(out, summary, plan, card.base_model(request.model), request.push_to_hub)
+    hub_url = None if request.push_to_hub is None else card.push_to_hub(out, request.push_to_hub)
+    return PruneReport(plan, out, summary, card_path, hub_url)
 
 
 def check_request(request: PruneRequest) -> None:
-    """A ConfigError unless the request names its players one way and its output folder is new or empty."""
+    """A ConfigError unless the request names its players one way, its output folder is new or empty and,
+    with ``push_to_hub``, the hub can be reached."""
     if request.explicit == (request.ranking is not None):
         raise ConfigError("give either --ranking FILE (with --count or --fraction) or --blocks/--attn/--mlp lists")
     selecting = request.count is not None or request.fraction is not None or request.method or request.target
@@ -152,6 +160,8 @@ def check_request(request: PruneRequest) -> None:
         )
     if request.out.exists() and any(request.out.iterdir()):
         raise ConfigError(f"output folder {request.out} exists and is not empty: choose a new --out folder")
+    if request.push_to_hub is not None:
+        card.check_hub_reachable(request.push_to_hub)
 
 
 def load_ranking(path: Path, method: str | None, task: str | None) -> Ranking:
