@@ -88,69 +88,78 @@ def run(args: argparse.Namespace) -> int:
 
     from shapley_svc.estimators import check_estimator
     from shapley_svc.estimators.result import ShapleyResult
-    from shapley_svc.metrics import static_metrics
-    from shapley_svc.model.loading import load_model
-    from shapley_svc.model.masked import MaskedModel
-    from shapley_svc.ranking import Ranking, RankingSet
+    from shapley_svc.ranking import RankingSet
     from shapley_svc.runner.driver import run_job
     from shapley_svc.store.sqlite import SQLiteStore
-    from shapley_svc.values.lm_loss import LanguageModelingLoss
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.executor == "ray":
         torch.set_num_threads(1)
     check_estimator(args.estimator)  # an unknown name fails before the model loads
     resolve_defaults(args)
-    # Loaded here first: the demo's one-time conversion then happens once, before any worker starts.
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    masked = MaskedModel(loaded.model, loaded.layout, args.granularity)
-    spec = build_spec(args, len(masked.players))
-    value_fn = LanguageModelingLoss(
-        corpus=args.corpus,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        window=args.window,
-        windows=args.windows,
-    )
-    static = static_metrics(masked, value_fn.prepare(loaded.tokenizer))
-    model_fingerprint = loaded.fingerprint
-    del masked, loaded
-
+    static, model_fingerprint, n_players = static_rankings(args)
+    spec = build_spec(args, n_players)
     out_path = Path(args.out or DEFAULT_OUT_DIR / f"{Path(args.model).name}-{args.granularity}-rankings.json")
     Path(spec.store.path).parent.mkdir(parents=True, exist_ok=True)
     outcome = run_job(spec, progress_bar=not args.no_progress)
     with SQLiteStore(spec.store.path) as store:
         records = store.get_results(outcome.job_id)
     results = {record.estimator: ShapleyResult.from_json(record.result_json) for record in records}
+    shapley = results[SHAPLEY_LABEL]
+    rankings = [*estimated_rankings(results, args.granularity, model_fingerprint, outcome.job_id), *static]
+    RankingSet(rankings=tuple(rankings)).save(out_path)
+    print(format_table(rankings, shapley))
+    task = shapley.task_names[0]
+    print(f"v(all players) = {shapley.v_full[0]:.4f}, v(none) = {shapley.v_empty[0]:.4f} ({task})")
+    print(f"rankings written to {out_path}; values cached in {spec.store.path}")
+    print(json.dumps(outcome.summary() | {"rankings": str(out_path)}))
+    return 0
+
+
+def static_rankings(args: argparse.Namespace) -> tuple[list[Any], str, int]:
+    """The static metrics' rankings on the task's windows, the model fingerprint and the number of players.
+
+    The model is loaded here first, so the demo's one-time conversion happens once, before any worker starts.
+    """
+    from shapley_svc.metrics import static_metrics
+    from shapley_svc.model.loading import load_model
+    from shapley_svc.model.masked import MaskedModel
+    from shapley_svc.values import make_value_fn
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    masked = MaskedModel(loaded.model, loaded.layout, args.granularity)
+    task = lm_task(args)
+    static = static_metrics(masked, make_value_fn(task["name"], task["params"]).prepare(loaded.tokenizer))
+    return static.rankings(loaded.fingerprint), loaded.fingerprint, masked.n_players
+
+
+def estimated_rankings(results: dict[str, Any], granularity: str, model_fingerprint: str, job_id: str) -> list[Any]:
+    """The Shapley and leave-one-out rankings of the job's results."""
+    from shapley_svc.ranking import Ranking
+
     shapley, loo = results[SHAPLEY_LABEL], results["leave_one_out"]
     task = shapley.task_names[0]
-    rankings = [
+    return [
         Ranking(
             players=shapley.player_names,
-            granularity=args.granularity,
+            granularity=granularity,
             scores=shapley.values[0].tolist(),
             stderr=shapley.stderr[0].tolist(),
             method=f"shapley:{shapley.estimator}",
             task=task,
             model_fingerprint=model_fingerprint,
-            metadata={"evaluations": shapley.evaluations_used, "job_id": outcome.job_id},
+            metadata={"evaluations": shapley.evaluations_used, "job_id": job_id},
         ),
         Ranking(
             players=loo.player_names,
-            granularity=args.granularity,
+            granularity=granularity,
             scores=loo.values[0].tolist(),
             method="leave_one_out",
             task=task,
             model_fingerprint=model_fingerprint,
-            metadata={"job_id": outcome.job_id},
+            metadata={"job_id": job_id},
         ),
-        *static.rankings(model_fingerprint),
     ]
-    RankingSet(rankings=tuple(rankings)).save(out_path)
-    print(format_table(rankings, shapley))
-    print(f"v(all players) = {shapley.v_full[0]:.4f}, v(none) = {shapley.v_empty[0]:.4f} ({task})")
-    print(f"rankings written to {out_path}; values cached in {spec.store.path}")
-    print(json.dumps(outcome.summary() | {"rankings": str(out_path)}))
-    return 0
 
 
 def format_table(rankings: list[Any], shapley: Any) -> str:
