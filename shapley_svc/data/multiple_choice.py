@@ -50,6 +50,7 @@ class DatasetSource:
     hub_id: str
     hub_config: str | None
     from_raw: Callable[[Mapping[str, Any], int, str], dict[str, Any]]
+    splits: tuple[str, ...] = ("train", "validation", "test")  # a split is checked against these, never joined raw
 
 
 def _mmlu_raw(row: Mapping[str, Any], index: int, split: str) -> dict[str, Any]:
@@ -114,14 +115,16 @@ def _winogrande_raw(row: Mapping[str, Any], index: int, split: str) -> dict[str,
 
 
 DATASETS: dict[str, DatasetSource] = {
-    "mmlu": DatasetSource("mmlu", "hails/mmlu_no_train/{subject}/{split}", "cais/mmlu", "all", _mmlu_raw),
+    "mmlu": DatasetSource(
+        "mmlu", "hails/mmlu_no_train/{subject}/{split}", "cais/mmlu", "all", _mmlu_raw, ("test", "validation", "dev")
+    ),
     "arc_easy": DatasetSource("arc_easy", "ai2_arc/ARC-Easy/{split}", "allenai/ai2_arc", "ARC-Easy", _arc_raw),
     "arc_challenge": DatasetSource(
         "arc_challenge", "ai2_arc/ARC-Challenge/{split}", "allenai/ai2_arc", "ARC-Challenge", _arc_raw
     ),
     "hellaswag": DatasetSource("hellaswag", "hellaswag/none/{split}", "Rowan/hellaswag", None, _hellaswag_raw),
     "piqa": DatasetSource("piqa", "piqa/plain_text/{split}", "baber/piqa", None, _piqa_raw),
-    "boolq": DatasetSource("boolq", "boolq/none/{split}", "google/boolq", None, _boolq_raw),
+    "boolq": DatasetSource("boolq", "boolq/none/{split}", "google/boolq", None, _boolq_raw, ("train", "validation")),
     "winogrande": DatasetSource(
         "winogrande", "winogrande/winogrande_xl/{split}", "allenai/winogrande", "winogrande_xl", _winogrande_raw
     ),
@@ -134,6 +137,14 @@ def dataset_source(dataset: str) -> DatasetSource:
         return DATASETS[dataset]
     except KeyError:
         raise ConfigError(f"unknown data set {dataset!r}: use one of {', '.join(DATASETS)}") from None
+
+
+def check_split(dataset: str, split: str) -> str:
+    """``split`` if ``dataset`` has it (a name, checked before any path is made of it); otherwise a ConfigError."""
+    splits = dataset_source(dataset).splits
+    if split not in splits:
+        raise ConfigError(f"unknown split {split!r} of data set {dataset!r}: use one of {', '.join(splits)}")
+    return split
 
 
 def check_source(source: str) -> str:
@@ -152,6 +163,7 @@ def load_multiple_choice(
     """
     spec = dataset_source(dataset)
     check_source(source)
+    check_split(dataset, split)
     if source == "local":
         folder = Path(data_dir) if data_dir is not None else default_data_dir()
         return read_jsonl(folder / spec.local_name / f"{split}.jsonl")

