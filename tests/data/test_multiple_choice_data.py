@@ -58,6 +58,13 @@ def test_a_split_is_a_known_name_never_a_path(tmp_path: Path, split: str) -> Non
     assert "SENTINEL" in secret.read_text()  # the file is there: only the name check kept it from being read
 
 
+def test_a_local_folder_may_hold_splits_of_its_own(tmp_path: Path) -> None:
+    write_lines(tmp_path / "piqa" / "small_dev.jsonl", [GOOD])
+    assert [item.id for item in load_multiple_choice("piqa", "small_dev", data_dir=tmp_path)] == ["x"]
+    with pytest.raises(ConfigError, match="use one of train, validation, test, small_dev"):
+        load_multiple_choice("piqa", "../piqa/small_dev", data_dir=tmp_path)
+
+
 def test_extra_fields_are_kept(tmp_path: Path) -> None:
     line = json.dumps({"id": "b", "question": "is it", "passage": "P", "choices": ["no", "yes"], "answer": 1})
     (item,) = load_multiple_choice(
