@@ -43,6 +43,11 @@ def value_fn_names() -> tuple[str, ...]:
     return (*REGISTRY.names(), f"{LM_EVAL_PREFIX}<task>")
 
 
+def task_kind(name: str) -> str:
+    """The registry entry a task name builds (``lm_eval`` for ``lm_eval:<task>``); unknown: a ConfigError."""
+    return "lm_eval" if name.startswith(LM_EVAL_PREFIX) else REGISTRY.key(name)
+
+
 def make_value_fn(name: str, settings: dict[str, Any] | None = None) -> ValueFunction:
     """The value function registered as ``name``, built with ``settings`` (its dataclass fields).
 
@@ -56,4 +61,4 @@ def make_value_fn(name: str, settings: dict[str, Any] | None = None) -> ValueFun
     return REGISTRY.build(name, params=settings)
 
 
-__all__ = ["LM_EVAL_PREFIX", "REGISTRY", "ModelGame", "ValueFunction", "make_value_fn", "value_fn_names"]
+__all__ = ["LM_EVAL_PREFIX", "REGISTRY", "ModelGame", "ValueFunction", "make_value_fn", "task_kind", "value_fn_names"]

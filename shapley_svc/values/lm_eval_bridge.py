@@ -87,6 +87,16 @@ def load_task(task: str, include_path: Path | None = None, num_fewshot: int | No
     return task_object
 
 
+def registered_tasks(include_path: Path | None = None) -> frozenset[str]:
+    """The single tasks lm-eval knows by name: its bundled ones, or with ``include_path`` only that folder's.
+
+    Indexing parses the YAML files without resolving ``!function`` (nothing is imported); the index is read
+    once per process.
+    """
+    folder = str(include_path) if include_path is not None else None
+    return frozenset(_task_manager(folder, include_path is None).all_subtasks)
+
+
 @functools.lru_cache(maxsize=8)
 def _task_manager(include_path: str | None, include_defaults: bool) -> Any:
     """One lm-eval TaskManager per (include path, bundled tasks or not), reused within the process."""
