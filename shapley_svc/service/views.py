@@ -2,7 +2,8 @@
 
 Pure functions of store records (no HTTP), so the server and tests share them. Importance order breaks
 ties by depth: of two equal players the earlier one ranks as more important, as pruning removes the
-deeper one first (the convention of :meth:`shapley_svc.ranking.Ranking.order`).
+deeper one first (the convention of :meth:`shapley_svc.ranking.Ranking.order`). A :class:`Disclosure`
+says what a response may show of a job: its spec as submitted, and its error without the server's paths.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable
-from typing import Any
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +37,12 @@ from shapley_svc.service.schemas import (
 from shapley_svc.spec import JobSpec
 from shapley_svc.stats import kendall_tau_b, spearman
 from shapley_svc.store.base import JobRecord, JobStatus, ResultRecord
+
+if TYPE_CHECKING:
+    from shapley_svc.service.admission import Admission
+
+SERVER_PATH = "<server path>"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])[/~][^\s'\"(),;]*")
 
 
 class ResultNotFoundError(ShapleySvcError):
@@ -62,6 +72,54 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
     return value
+
+
+def redact(text: str, *, sent: Iterable[str], private: Iterable[str]) -> str:
+    """``text`` with each ``private`` string and every absolute path not under one the caller ``sent`` hidden."""
+    for secret in sorted(filter(None, private), key=len, reverse=True):
+        text = text.replace(secret, SERVER_PATH)
+    prefixes = {
+        form.rstrip("/")
+        for value in sent
+        if value.startswith(("/", "~"))
+        for form in (value, os.path.expanduser(value))
+    }
+
+    def shown(match: re.Match[str]) -> str:
+        path = match.group()
+        return path if any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes) else SERVER_PATH
+
+    return _ABSOLUTE_PATH.sub(shown, text)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What responses show of a stored job: its spec as submitted (``admission`` takes off what the server
+    bound) and its error with ``private`` strings (store, Ray address) and server paths hidden."""
+
+    admission: Admission | None = None
+    private: tuple[str, ...] = ()
+
+    def spec(self, job: JobRecord) -> dict[str, Any]:
+        """The job's spec as it was submitted."""
+        return job.spec if self.admission is None else self.admission.submitted(job.spec)
+
+    def error(self, job: JobRecord) -> str | None:
+        """The job's error, showing only paths under those its spec sent."""
+        if job.error is None:
+            return None
+        return redact(job.error, sent=_strings(self.spec(job)), private=self.private)
 
 
 def job_progress(job: JobRecord) -> JobProgress:
@@ -96,8 +154,9 @@ def job_progress(job: JobRecord) -> JobProgress:
     )
 
 
-def job_info(job: JobRecord) -> JobInfo:
+def job_info(job: JobRecord, disclosure: Disclosure | None = None) -> JobInfo:
     """The API view of ``job`` without its spec."""
+    shown = disclosure or Disclosure()
     name = job.spec.get("name")
     return JobInfo(
         id=job.id,
@@ -108,13 +167,14 @@ def job_info(job: JobRecord) -> JobInfo:
         updated_at=job.updated_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        error=job.error,
+        error=shown.error(job),
     )
 
 
-def job_detail(job: JobRecord) -> JobDetail:
-    """The API view of ``job`` with its spec."""
-    return JobDetail(**job_info(job).model_dump(), spec=_json_safe(job.spec))
+def job_detail(job: JobRecord, disclosure: Disclosure | None = None) -> JobDetail:
+    """The API view of ``job`` with its spec as submitted."""
+    shown = disclosure or Disclosure()
+    return JobDetail(**job_info(job, shown).model_dump(), spec=_json_safe(shown.spec(job)))
 
 
 def result_entry(record: ResultRecord) -> ResultEntry:

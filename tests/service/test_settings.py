@@ -46,3 +46,24 @@ def test_serving_needs_a_long_enough_token_unless_in_development() -> None:
         ServiceSettings(token="short").check_can_serve()
     ServiceSettings(dev=True).check_can_serve()
     ServiceSettings(token="long-enough-token-123").check_can_serve()
+
+
+def test_serving_checks_the_read_token_and_the_policys_folders(tmp_path: Path) -> None:
+    token = "long-enough-token-123"
+    with pytest.raises(ConfigError, match="read token has 5 characters"):
+        ServiceSettings(token=token, read_token="short").check_can_serve()
+    with pytest.raises(ConfigError, match="read token equals the write token"):
+        ServiceSettings(token=token, read_token=token).check_can_serve()
+    with pytest.raises(ConfigError, match=r"policy.data_roots: .*missing is not a folder"):
+        ServiceSettings(token=token, policy={"data_roots": [str(tmp_path / "missing")]}).check_can_serve()
+    ServiceSettings(
+        token=token, read_token="another-token-12345", policy={"model_roots": [str(tmp_path)]}
+    ).check_can_serve()
+
+
+def test_no_settings_at_all_give_the_safe_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    policy = load_settings(environ={}).policy
+    assert (policy.model_roots, policy.data_roots, policy.task_roots) == ((), (), ())
+    assert policy.models == ("demo",) and policy.lm_eval_tasks is None and policy.max_evaluations == 20_000
+    assert (policy.max_workers, policy.max_threads_per_worker, policy.max_cpus_per_worker) == (None, None, None)
