@@ -14,6 +14,7 @@ from shapley_svc.service.client import (
     NotFoundError,
     ServerUnavailableError,
     ServiceError,
+    TooManyJobsError,
     WaitTimeoutError,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "NotFoundError",
     "ServerUnavailableError",
     "ServiceError",
+    "TooManyJobsError",
     "WaitTimeoutError",
 ]

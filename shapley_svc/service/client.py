@@ -51,11 +51,12 @@ class ServiceError(ShapleySvcError):
 
 
 class AuthenticationError(ServiceError):
-    """401 (no token) or 403 (wrong token): set the server's token (SHAPLEY_SVC_TOKEN)."""
+    """401 (no token) or 403 (wrong token, or the read-only token on a write): set SHAPLEY_SVC_TOKEN."""
 
 
 class InvalidRequestError(ServiceError):
-    """400 or 422: the spec or a parameter is invalid; the message lists each bad field."""
+    """400, 413 or 422: the spec or a parameter is invalid, or the server's policy refuses it; the message
+    lists each bad field (and the policy rule it breaks)."""
 
 
 class NotFoundError(ServiceError):
@@ -64,6 +65,10 @@ class NotFoundError(ServiceError):
 
 class ConflictError(ServiceError):
     """409: the job's status does not allow this (cancelling a finished job, a result not produced yet)."""
+
+
+class TooManyJobsError(ServiceError):
+    """429: the token has as many queued and running jobs as the server allows; wait for one, or cancel one."""
 
 
 class ServerUnavailableError(ServiceError):
@@ -84,8 +89,18 @@ _ERROR_CLASSES: dict[int, type[ServiceError]] = {
     403: AuthenticationError,
     404: NotFoundError,
     409: ConflictError,
+    413: InvalidRequestError,
     422: InvalidRequestError,
+    429: TooManyJobsError,
 }
+
+
+def _problem(item: dict[str, Any]) -> str:
+    """One item of a 422: ``field: problem``, and ``(rule R)`` for a refusal by the server's policy."""
+    where = ".".join(str(part) for part in item.get("loc", []) if part != "body") or "(body)"
+    kind = str(item.get("type", ""))
+    rule = f" (rule {kind.removeprefix('policy.')})" if kind.startswith("policy.") else ""
+    return f"{where}: {item.get('msg')}{rule}"
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -95,17 +110,14 @@ def _error_message(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         return response.text[:500] or response.reason_phrase
     if isinstance(detail, list):
-        problems = [
-            f"{'.'.join(str(part) for part in item.get('loc', []) if part != 'body') or '(body)'}: {item.get('msg')}"
-            for item in detail
-            if isinstance(item, dict)
-        ]
+        problems = [_problem(item) for item in detail if isinstance(item, dict)]
         return "invalid request; fix these fields: " + "; ".join(problems)
     return str(detail) if detail is not None else response.text[:500]
 
 
 class Client:
-    """A connection to a shapley-svc server at ``url``; ``token`` is needed for writes (submit, cancel)."""
+    """A connection to a shapley-svc server at ``url``; ``token`` is the write token, or the read-only one
+    for a client that only reads."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}

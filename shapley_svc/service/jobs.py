@@ -6,6 +6,12 @@ turns ``cancelled``. Jobs with executor kind ``ray`` share one Ray connection th
 first use: the cluster at ``ray_address`` when configured, else a local Ray. Worker threads are daemons:
 stopping the server leaves a running job ``running`` in the store.
 
+A job is admitted under the server's policy (:class:`~shapley_svc.service.admission.Admission`) when it is
+submitted, and again when it starts (the policy may have changed since). The store keeps the spec as
+submitted (plus the task folder of a named lm-eval task); what only the server decides is set when the job
+runs (:meth:`JobManager.as_run`): its store, its Ray address and, for in-process ``local`` jobs, the torch
+thread count the server set at start, so that no job changes the server process's threads.
+
 On start, the manager requeues every job the store holds as ``queued`` or ``running`` (left so by a
 stopped or crashed server) and resumes it: the value cache holds every coalition value the earlier
 attempt computed, so the resumed run re-evaluates none of them and ends with the same result.
@@ -19,6 +25,7 @@ import threading
 from typing import Any
 
 from shapley_svc.errors import ShapleySvcError
+from shapley_svc.service.admission import Admission, JobQuotaError
 from shapley_svc.spec import JobSpec, StoreSpec
 from shapley_svc.store.base import JobRecord, JobStateError, JobStatus, ResultStore
 
@@ -30,11 +37,22 @@ _STOP = ""  # put on the queue once per worker to end it
 class JobManager:
     """Queues jobs in ``store`` and runs them, at most ``max_concurrent`` at a time, on daemon threads."""
 
-    def __init__(self, store: ResultStore, store_path: str, *, max_concurrent: int, ray_address: str | None):
+    def __init__(
+        self,
+        store: ResultStore,
+        store_path: str,
+        *,
+        max_concurrent: int,
+        ray_address: str | None,
+        admission: Admission | None = None,
+    ):
         self.store = store
         self.store_path = store_path
         self.max_concurrent = max_concurrent
         self.ray_address = ray_address
+        self.admission = admission if admission is not None else Admission()
+        self.local_threads = self.admission.policy.local_threads
+        self._submit_lock = threading.Lock()
         self._queue: queue.Queue[str] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._running: set[str] = set()
@@ -44,7 +62,12 @@ class JobManager:
         self._stopping = threading.Event()
 
     def start(self) -> list[str]:
-        """Start the worker threads and requeue every queued or running job of the store; returns their ids."""
+        """Fix the torch threads of local jobs, start the worker threads and requeue every queued or running job
+        of the store; returns their ids."""
+        import torch
+
+        if torch.get_num_threads() != self.local_threads:
+            torch.set_num_threads(self.local_threads)
         running, queued = self._all_jobs(JobStatus.RUNNING), self._all_jobs(JobStatus.QUEUED)
         recovered = [job.id for job in [*reversed(running), *reversed(queued)]]  # each oldest first
         for job_id in recovered:
@@ -71,15 +94,29 @@ class JobManager:
         return running
 
     def as_run(self, spec: JobSpec) -> JobSpec:
-        """``spec`` as the server runs it: results go to the server's store; Ray jobs use the server's Ray."""
+        """``spec`` as the server runs it: results go to the server's store; Ray jobs use the server's Ray;
+        local jobs, in this process, its torch threads (none of which decides a result)."""
         executor = spec.executor
         if executor.kind == "ray":
             executor = executor.model_copy(update={"address": self.ray_address})
-        return spec.model_copy(update={"store": StoreSpec(path=self.store_path), "executor": executor})
+        else:
+            executor = executor.model_copy(update={"threads_per_worker": self.local_threads})
+        store = StoreSpec(path=self.store_path, reuse_across_setups=spec.store.reuse_across_setups)
+        return spec.model_copy(update={"store": store, "executor": executor})
 
     def submit(self, spec: JobSpec) -> JobRecord:
-        """Store ``spec`` as a queued job and put it in line; returns the stored job."""
-        job = self.store.create_job(self.as_run(spec).model_dump(mode="json"))
+        """Admit ``spec`` under the policy (PolicyError), check the token's job quota (JobQuotaError), store it
+        as a queued job and put it in line; returns the stored job."""
+        admitted = self.admission.enforce(spec)
+        limit = self.admission.policy.max_jobs_per_token
+        with self._submit_lock:
+            active = sum(len(self._all_jobs(status)) for status in (JobStatus.QUEUED, JobStatus.RUNNING))
+            if active >= limit:
+                raise JobQuotaError(
+                    f"the write token has {active} queued or running jobs, this server's limit (policy "
+                    "max_jobs_per_token); submit again when one has finished, or cancel one"
+                )
+            job = self.store.create_job(admitted.model_dump(mode="json"))
         logger.info("event=job_submitted job=%s name=%s", job.id, spec.name)
         self._queue.put(job.id)
         return job
@@ -96,6 +133,11 @@ class JobManager:
         )
         logger.info("event=job_cancelled job=%s", job_id)
         return cancelled
+
+    def running(self) -> list[str]:
+        """The ids of the jobs this process is running now (a cancelled one until it reaches its next report)."""
+        with self._lock:
+            return sorted(self._running)
 
     def counts(self) -> tuple[int, int]:
         """(running, queued) jobs in the store."""
@@ -135,7 +177,10 @@ class JobManager:
             logger.info("event=job_skipped job=%s reason=not_queued", job_id)
             return
         try:
-            spec = JobSpec.model_validate(job.spec)
+            spec = self.as_run(self.admission.readmit(job.spec))
+        except ShapleySvcError as error:  # the policy changed since the job was submitted
+            self.store.update_job(job_id, status=JobStatus.FAILED, error=f"refused when it started: {error}")
+            return
         except ValueError as error:
             self.store.update_job(job_id, status=JobStatus.FAILED, error=f"the stored spec is no longer valid: {error}")
             return

@@ -75,7 +75,7 @@ class JobInfo(_Response):
 
 
 class JobDetail(JobInfo):
-    """A job with its spec (as run: the server's store, and its Ray address for Ray jobs)."""
+    """A job with its spec as submitted (the server's store, Ray address and folders are never shown)."""
 
     spec: dict[str, JsonValue]
 

@@ -6,16 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import ThreadServer, job_spec, start_thread_server
+from live_server import ThreadServer, job_spec, served_policy, start_thread_server
 
 from shapley_svc.service import Client, JobHandle
 from shapley_svc.store.base import JobStatus
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
-    """One live server in a thread for the API, CLI and fuzz tests (token ``TOKEN``, two jobs at a time)."""
-    running = start_thread_server(tmp_path_factory.mktemp("server") / "store.sqlite")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[ThreadServer]:
+    """One live server in a thread for the API, CLI and fuzz tests: tokens ``TOKEN`` and ``READ_TOKEN``, two
+    jobs at a time, the tiny model's folder and the shared data folder as the policy's roots."""
+    store = tmp_path_factory.mktemp("server") / "store.sqlite"
+    running = start_thread_server(store, policy=served_policy(tiny_checkpoint))
     yield running
     running.stop()
 

@@ -2,7 +2,9 @@
 
 Two kinds of live server: :func:`start_thread_server` runs uvicorn in a thread of the test process (which has
 torch and transformers imported already, so jobs start at once); :func:`start_server` runs
-``shapley-svc serve`` in a subprocess, which can be killed like a crashing server.
+``shapley-svc serve`` in a subprocess, which can be killed like a crashing server. Both serve under a policy
+whose roots are the tiny model's folder and the shared data folder (:func:`served_policy`), given to the
+subprocess through the environment.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ import uvicorn
 from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.service import Client
 from shapley_svc.service.app import create_app
-from shapley_svc.service.settings import ServiceSettings
+from shapley_svc.service.policy import ServicePolicy
+from shapley_svc.service.settings import POLICY_ENV_PREFIX, ServiceSettings
 
 TOKEN = "test-token-0123456789abcdef"
+READ_TOKEN = "read-only-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ_AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
 WIKITEXT = "wikitext2.neg_loss"
 ARC = "arc_easy.p_correct"
 
@@ -55,6 +61,22 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
             self.process.wait(timeout=30)
+
+
+def served_policy(checkpoint: Path, **settings: Any) -> ServicePolicy:
+    """The policy of the test servers: the tiny model's folder and the shared data folder as roots, and no
+    lm-eval task (checking a name against lm-eval's bundled tasks first indexes them all: seconds)."""
+    defaults: dict[str, Any] = {"lm_eval_tasks": ()}
+    return ServicePolicy(model_roots=(str(checkpoint),), data_roots=(str(default_data_dir()),), **(defaults | settings))
+
+
+def policy_environment(policy: ServicePolicy) -> dict[str, str]:
+    """``policy``'s folders as ``SHAPLEY_SVC_POLICY_*`` variables (as an operator would set them)."""
+    return {
+        POLICY_ENV_PREFIX + name.upper(): os.pathsep.join(getattr(policy, name))
+        for name in ("model_roots", "data_roots", "task_roots")
+        if getattr(policy, name)
+    }
 
 
 def server_environment(tmp_path: Path, token: str | None) -> dict[str, str]:
@@ -88,8 +110,18 @@ class ThreadServer:
     def client(self, token: str | None = TOKEN) -> Client:
         return Client(self.url, token)
 
+    def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        """A GET with the write token unless ``headers`` say otherwise."""
+        return httpx.get(self.url + path, headers=AUTH if headers is None else headers, timeout=30)
+
     def stop(self) -> None:
-        """Graceful shutdown: uvicorn exits its loop and runs the app's shutdown."""
+        """Let running jobs end (a cancelled one stops within a second), then shut down gracefully: uvicorn
+        exits its loop and runs the app's shutdown. A job thread still in torch when the test process exits
+        would abort it."""
+        manager = self.server.config.app.state.manager
+        deadline = time.monotonic() + 60
+        while manager.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
@@ -108,9 +140,24 @@ def wait_until_up(url: str, alive: Callable[[], bool], describe: Callable[[], st
     raise RuntimeError(f"the server did not answer within 90 s:\n{describe()}")
 
 
-def start_thread_server(store: Path, *, token: str | None = TOKEN, max_jobs: int = 2) -> ThreadServer:
-    """Serve the app for ``store`` in a background thread on a free loopback port."""
-    settings = ServiceSettings(token=token, store=str(store), max_concurrent_jobs=max_jobs, dev=token is None)
+def start_thread_server(
+    store: Path,
+    *,
+    token: str | None = TOKEN,
+    max_jobs: int = 2,
+    policy: ServicePolicy | None = None,
+    read_token: str | None = READ_TOKEN,
+) -> ThreadServer:
+    """Serve the app for ``store`` under ``policy`` in a background thread on a free loopback port; without a
+    token it is a development server."""
+    settings = ServiceSettings(
+        token=token,
+        read_token=read_token if token is not None else None,
+        store=str(store),
+        max_concurrent_jobs=max_jobs,
+        dev=token is None,
+        policy=policy or ServicePolicy(),
+    )
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -121,16 +168,23 @@ def start_thread_server(store: Path, *, token: str | None = TOKEN, max_jobs: int
     return running
 
 
-def start_server(store: Path, tmp_path: Path, *, token: str | None = TOKEN, max_jobs: int = 2) -> Server:
-    """Start ``shapley-svc serve`` on a free loopback port and wait until /v1/health answers."""
+def start_server(
+    store: Path,
+    tmp_path: Path,
+    *,
+    token: str | None = TOKEN,
+    max_jobs: int = 2,
+    policy: ServicePolicy | None = None,
+) -> Server:
+    """Start ``shapley-svc serve`` on a free loopback port (``policy``'s folders from the environment) and wait
+    until /v1/health answers."""
     port = free_port()
     log = tmp_path / f"server-{port}.log"
     command = [sys.executable, "-c", "import sys; from shapley_svc.cli import main; sys.exit(main())", "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--store", str(store), "--max-jobs", str(max_jobs)]
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=server_environment(tmp_path, token)
-        )
+        environment = server_environment(tmp_path, token) | policy_environment(policy or ServicePolicy())
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
     server = Server(process, f"http://127.0.0.1:{port}", store, log)
     try:
         wait_until_up(server.url, lambda: process.poll() is None, log.read_text)

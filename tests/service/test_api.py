@@ -8,7 +8,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import ARC, TOKEN, WIKITEXT, ThreadServer, job_spec, start_thread_server
+from live_server import (
+    ARC,
+    AUTH,
+    READ_AUTH,
+    READ_TOKEN,
+    TOKEN,
+    WIKITEXT,
+    ThreadServer,
+    job_spec,
+    start_thread_server,
+)
 from scipy import stats
 
 from shapley_svc.service import (
@@ -43,6 +53,26 @@ def test_writes_without_the_token_get_401_and_with_a_wrong_one_403_whatever_the_
     assert "token" in wrong.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/some-id", *(f"/v1/jobs/some-id{s}" for s in READS[1:])])
+def test_reads_need_the_write_or_the_read_only_token(server: ThreadServer, path: str) -> None:
+    missing = server.get(path, headers={})
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    assert server.get(path, headers={"Authorization": "Bearer not-a-token-of-this-server"}).status_code == 403
+    assert server.get(path, headers=READ_AUTH).status_code in (200, 404)
+    assert server.get(path).status_code in (200, 404)
+    assert httpx.get(f"{server.url}/v1/health").status_code == 200, "health stays open, for load balancers"
+
+
+def test_the_read_only_token_cannot_write(server: ThreadServer, tiny_checkpoint: Path) -> None:
+    with Client(server.url, READ_TOKEN) as reader:
+        assert reader.jobs() is not None
+        with pytest.raises(AuthenticationError, match="may only read") as error:
+            reader.submit(job_spec(tiny_checkpoint, name="from the reader"))
+        assert error.value.status_code == 403
+        with pytest.raises(AuthenticationError, match="may only read"):
+            reader.cancel("no-such-job")
+
+
 def test_a_development_server_without_a_token_takes_writes_without_one(tmp_path: Path) -> None:
     development = start_thread_server(tmp_path / "dev.sqlite", token=None)
     try:
@@ -73,13 +103,13 @@ def test_a_malformed_spec_is_422_with_each_bad_field(
     assert error.value.status_code == 422
     for field in ("tasks", "budget.evaluations", "colour"):
         assert f"{field}:" in str(error.value)
-    raw = httpx.post(f"{server.url}/v1/jobs", content=b"[1, 2", headers={"Authorization": f"Bearer {TOKEN}"})
+    raw = httpx.post(f"{server.url}/v1/jobs", content=b"[1, 2", headers=AUTH)
     assert raw.status_code == 422 and raw.json()["detail"][0]["type"] == "json_invalid"
 
 
 @pytest.mark.parametrize("suffix", READS)
 def test_reads_of_an_unknown_job_are_404(server: ThreadServer, suffix: str) -> None:
-    response = httpx.get(f"{server.url}/v1/jobs/no-such-job{suffix}")
+    response = server.get(f"/v1/jobs/no-such-job{suffix}")
     assert response.status_code == 404
     detail = response.json()["detail"]
     assert "no-such-job" in detail and ".sqlite" not in detail, "the server's file paths are not for clients"
@@ -95,7 +125,7 @@ def test_the_client_raises_not_found_for_an_unknown_job(client: Client) -> None:
 def test_a_job_runs_to_the_end_and_stores_exact_values_per_task_and_level(finished_job: JobHandle) -> None:
     detail = finished_job.status()
     assert detail.progress.fraction == 1 and detail.progress.runs_done == detail.progress.runs_total == 2
-    assert detail.spec["store"]["path"] != "ignored-by-the-server.sqlite"
+    assert detail.spec["store"]["path"] == "ignored-by-the-server.sqlite", "the spec is shown as submitted"
     results = finished_job.result()
     assert {(entry.granularity, entry.task) for entry in results.results} == {
         (level, task) for level in ("block", "sublayer") for task in (WIKITEXT, ARC)
@@ -181,3 +211,12 @@ def test_two_jobs_at_once_stay_isolated(client: Client, tiny_checkpoint: Path) -
     assert second.status().spec["tasks"][0]["params"]["first_window"] == 48
     time.sleep(1.5)  # a cancelled job reports nothing more once stopped
     assert second.status().updated_at == stopped.updated_at
+
+
+def test_every_job_route_of_the_schema_needs_a_token(server: ThreadServer) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    guarded = [(method, path) for path, item in paths.items() for method in item if path != "/v1/health"]
+    assert len(guarded) >= 7, "a route went missing from the schema"
+    for method, path in guarded:
+        response = httpx.request(method, server.url + path.replace("{job_id}", "some-id"), content=b"{}")
+        assert response.status_code == 401, f"{method.upper()} {path} answered {response.status_code} without a token"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from live_server import WIKITEXT, Server, job_spec, start_server, start_thread_server
+from live_server import WIKITEXT, Server, job_spec, served_policy, start_server, start_thread_server
 
 from shapley_svc.store.base import JobStatus
 
@@ -28,7 +28,8 @@ def test_a_restart_resumes_unfinished_jobs_and_keeps_every_job_result_and_cached
     tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
     store = tmp_path / "store.sqlite"
-    first: Server = start_server(store, tmp_path, max_jobs=1)
+    policy = served_policy(tiny_checkpoint)
+    first: Server = start_server(store, tmp_path, max_jobs=1, policy=policy)
     try:
         with first.client() as client:
             done = client.submit(job_spec(tiny_checkpoint, name="done", arc=False))
@@ -49,7 +50,7 @@ def test_a_restart_resumes_unfinished_jobs_and_keeps_every_job_result_and_cached
     cached_before = cache_counts(store)
     assert sum(cached_before.values()) > 16, "the killed job had cached nothing"
 
-    second = start_thread_server(store)
+    second = start_thread_server(store, policy=policy)
     try:
         with second.client() as client:
             assert {job.id for job in client.jobs()} == set(before_jobs)
