@@ -76,3 +76,13 @@ def test_serve_refuses_to_start_without_a_token(
     error = capsys.readouterr().err
     assert "no API token" in error and "SHAPLEY_SVC_TOKEN" in error and "--dev" in error
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_dev_mode_serves_loopback_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("SHAPLEY_SVC_SETTINGS", str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").touch()
+    assert main(["serve", "--dev", "--host", "0.0.0.0", "--port", "1", "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "--dev serves loopback only" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()
