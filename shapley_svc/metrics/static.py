@@ -34,8 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.layouts import resolve
-from shapley_svc.model.masked import MaskedModel
+from shapley_svc.model.masked import BranchModules, MaskedModel
 from shapley_svc.players import Granularity
 from shapley_svc.ranking import Ranking
 from shapley_svc.values.base import digest
@@ -159,9 +158,10 @@ def _batch_tensors(batch: TokenBatch) -> list[torch.Tensor]:
 class _Recorder:
     """Hooks that add each layer's per-token metrics (block, attention, MLP), summed over ``keep``, to ``sums``.
 
-    Per layer: the layer's pre-hook keeps its input ``x``, the attention's hook its update ``a``, and the
-    layer's hook, given the output ``y``, scores the block ``x -> y``, the attention ``x -> x + a`` and the
-    MLP ``x + a -> y``. Only one layer's tensors are held at a time.
+    Per layer: the layer's pre-hook keeps its input ``x``, a hook on the last module of the attention branch
+    (its norm after the attention where the layout has one) its update ``a`` (times the layer's residual
+    multiplier), and the layer's hook, given the output ``y``, scores the block ``x -> y``, the attention
+    ``x -> x + a`` and the MLP ``x + a -> y``. Only one layer's tensors are held at a time.
     """
 
     def __init__(self, masked: MaskedModel, keep: torch.Tensor, sums: torch.Tensor):
@@ -175,9 +175,9 @@ class _Recorder:
     def __enter__(self) -> _Recorder:
         try:
             for index, layer in enumerate(self.masked.layers):
-                attention = resolve(layer, self.masked.layout.attention)
+                branch = BranchModules.of(layer, self.masked.layout, "attn")
                 self.handles.append(layer.register_forward_pre_hook(self._keep_input, with_kwargs=True))
-                self.handles.append(attention.register_forward_hook(self._keep_attention_update))
+                self.handles.append(branch.last.register_forward_hook(self._keep_attention_update(branch.multiplier)))
                 self.handles.append(layer.register_forward_hook(self._score(index)))
         except BaseException:
             self.__exit__()
@@ -194,8 +194,12 @@ class _Recorder:
         self.layer_input = args[0] if args else kwargs["hidden_states"]
         self.attention_update = None
 
-    def _keep_attention_update(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-        self.attention_update = output[0] if isinstance(output, tuple) else output
+    def _keep_attention_update(self, multiplier: float | None) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            update = output[0] if isinstance(output, tuple) else output
+            self.attention_update = update if multiplier is None else update * multiplier
+
+        return hook
 
     def _score(self, index: int) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:

@@ -126,3 +126,17 @@ def test_rankings_carry_each_metric_and_refuse_a_masked_model(tiny_llama: Loaded
     mask[2] = False
     with masked.active(mask), pytest.raises(ConfigError, match="full model"):
         static_metrics(masked, TokenBatch(token_ids(1, 8, seed=5)))
+
+
+@pytest.mark.parametrize("architecture", ["qwen3", "phi3", "gemma2", "gemma3_text", "olmo2", "granite"])
+def test_sublayer_metrics_follow_each_layouts_branches(architecture: str) -> None:
+    """Norms after a sublayer (Gemma, OLMo-2) and residual multipliers (Granite) are part of its update."""
+    loaded = tiny_model(architecture, num_layers=3, seed=2)
+    masked = MaskedModel(loaded.model, loaded.layout, "sublayer")
+    ids = token_ids(2, 20, seed=5)
+    result = static_metrics(masked, TokenBatch(ids))
+    expected = []
+    for x, middle, y in reference_states(loaded, masked, ids):
+        expected += [direct_metrics(x, middle), direct_metrics(middle, y)]
+    got = np.stack([result.scores(method) for method in METHODS], axis=1)
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-4, atol=1e-5)
