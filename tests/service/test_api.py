@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from live_server import (
     ARC,
     AUTH,
@@ -29,6 +30,8 @@ from shapley_svc.service import (
     JobHandle,
     NotFoundError,
 )
+from shapley_svc.service.app import create_app
+from shapley_svc.service.settings import ServiceSettings
 from shapley_svc.store.base import JobStatus
 
 pytestmark = pytest.mark.integration
@@ -71,6 +74,25 @@ def test_the_read_only_token_cannot_write(server: ThreadServer, tiny_checkpoint:
         assert error.value.status_code == 403
         with pytest.raises(AuthenticationError, match="may only read"):
             reader.cancel("no-such-job")
+
+
+def test_open_reads_need_no_token_and_writes_still_do(tmp_path: Path) -> None:
+    settings = ServiceSettings(token=TOKEN, store=str(tmp_path / "open.sqlite"), open_reads=True)
+    app = create_app(settings)
+    with TestClient(app) as http:
+        assert http.get("/v1/jobs").status_code == 200
+        assert http.get("/v1/jobs/no-such-job").status_code == 404
+        assert http.post("/v1/jobs/no-such-job/cancel").status_code == 401
+
+
+def test_a_policy_refusal_reaches_the_client_with_each_field_and_rule(client: Client, tiny_checkpoint: Path) -> None:
+    outside = job_spec(tiny_checkpoint, name="outside") | {"model": {"name": "/etc"}}
+    outside["executor"] |= {"num_cpus_per_worker": 0}
+    with pytest.raises(InvalidRequestError) as error:
+        client.submit(outside)
+    assert error.value.status_code == 422
+    assert "model.name: '/etc' is not a folder under this server's model roots" in str(error.value)
+    assert "(rule model_roots)" in str(error.value) and "(rule cpus_above_zero)" in str(error.value)
 
 
 def test_a_development_server_without_a_token_takes_writes_without_one(tmp_path: Path) -> None:
