@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import combinations, product
 
 import numpy as np
@@ -49,61 +50,69 @@ table's adjacent pairs agree); the posterior of the coefficient follows the sets
 
 
 def adjacent_pairs(indicators: np.ndarray) -> np.ndarray:
-    """float[m]: how many pairs of candidates next to each other in layer order each set removes."""
-    return (indicators[:, :-1] * indicators[:, 1:]).sum(axis=1)
+    """float[...]: how many pairs of candidates next to each other in layer order each set removes (the last
+    axis of ``indicators`` is the candidates)."""
+    return (indicators[..., :-1] * indicators[..., 1:]).sum(axis=-1)
 
 
-def neighbour_weights(n_candidates: int) -> np.ndarray:
-    """float[c, c], upper triangle: 1 for candidates next to each other in layer order, 1/2 two apart."""
-    distance = np.abs(np.subtract.outer(np.arange(n_candidates), np.arange(n_candidates)))
-    return np.triu(np.where(distance == 1, 1.0, np.where(distance == 2, 0.5, 0.0)), k=1)
+@dataclass(frozen=True)
+class Weights:
+    """The kernel weights the marginal likelihood chooses: heredity interactions, their decay with order,
+    neighbouring pairs."""
+
+    heredity: float
+    decay: float
+    neighbours: float
 
 
-class SetKernel:
-    """The surrogate's kernel over removal indicators float[m, c] (c candidates in layer order).
+GRID = tuple(Weights(*weights) for weights in product(HEREDITY_VARIANCES, ORDER_DECAYS, NEIGHBOUR_VARIANCES))
+
+
+class KernelTerms:
+    """The kernel's terms between two families of removal sets (indicators float[m, c], candidates in layer
+    order), computed once and weighted for any :class:`Weights`.
 
     Terms: a constant; main effects; interactions of every order among the players removed in both sets,
-    weighted by the product of their heredity weights (strong players interact strongly; an order-o term
-    scaled by ``decay ** (o - 2)``); pairwise interactions of neighbouring candidates (redundant neighbours,
-    weight 1 at distance 1, 1/2 at distance 2); and a drift with the number removed.
+    weighted by the product of their heredity weights (strong players interact strongly); pairwise interactions
+    of neighbouring candidates (redundant neighbours, weight 1 at distance 1, 1/2 at distance 2); a drift with
+    the number removed; and the shared coefficient of adjacent pairs (prior variance ``adjacent``).
     """
 
     def __init__(
-        self, heredity: np.ndarray, variance: float, decay: float, neighbours: float, max_order: int, adjacent: float
+        self,
+        first: np.ndarray,
+        second: np.ndarray,
+        heredity: np.ndarray,
+        max_order: int,
+        adjacent: float,
+        *,
+        diagonal: bool = False,
     ) -> None:
-        self.heredity, self.variance, self.decay, self.neighbours = heredity, variance, decay, neighbours
-        self.max_order, self.adjacent = max_order, adjacent
-        self.neighbour_weights = neighbour_weights(len(heredity))
+        if diagonal:  # k(R, R) of each row of first (= second), without the m x m matrix: [m, 1]
+            shared, second = first[:, None, :], first[:, None, :]
+        else:
+            shared, second = first[:, None, :] * second[None, :, :], second[None, :, :]  # [a, b, c]
+        first_sizes, first_pairs = first.sum(axis=1)[:, None], adjacent_pairs(first)[:, None]
+        second_sizes, second_pairs = second.sum(axis=2), adjacent_pairs(second)
+        self.fixed = CONSTANT_VARIANCE + shared.sum(axis=2) + SIZE_VARIANCE * (first_sizes - 1) * (second_sizes - 1)
+        self.fixed = self.fixed + adjacent * first_pairs * second_pairs
+        self.orders = _elementary(shared * heredity, max_order)[2:]
+        self.neighbours = adjacent_pairs(shared) + 0.5 * (shared[..., :-2] * shared[..., 2:]).sum(axis=-1)
 
-    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """float[a, b] between the sets of ``first`` [a, c] and ``second`` [b, c]."""
-        shared = first[:, None, :] * second[None, :, :]  # [a, b, c]: removed in both
-        gram = self._from_shared(shared, first.sum(axis=1)[:, None], second.sum(axis=1)[None, :])
-        return gram + self.adjacent * np.outer(adjacent_pairs(first), adjacent_pairs(second))
+    def gram(self, weights: Weights) -> np.ndarray:
+        """The kernel matrix under ``weights``: [a, b], or [m, 1] for a diagonal."""
+        interactions = sum(weights.decay**order * term for order, term in enumerate(self.orders))
+        return self.fixed + weights.heredity * interactions + weights.neighbours * self.neighbours
 
-    def diagonal(self, indicators: np.ndarray) -> np.ndarray:
-        """float[m]: k(R, R) for each set, without the m x m matrix."""
-        sizes = indicators.sum(axis=1)[:, None]
-        return (
-            self._from_shared(indicators[:, None, :], sizes, sizes)[:, 0]
-            + self.adjacent * adjacent_pairs(indicators) ** 2
-        )
 
-    def _from_shared(self, shared: np.ndarray, first_sizes: np.ndarray, second_sizes: np.ndarray) -> np.ndarray:
-        gram = CONSTANT_VARIANCE + shared.sum(axis=2) + SIZE_VARIANCE * (first_sizes - 1) * (second_sizes - 1)
-        gram = gram + self.variance * self._interactions(shared * self.heredity)
-        if self.neighbours:
-            gram = gram + self.neighbours * np.einsum("abi,ij,abj->ab", shared, self.neighbour_weights, shared)
-        return gram
-
-    def _interactions(self, weighted: np.ndarray) -> np.ndarray:
-        """sum over orders o >= 2 of decay^(o - 2) e_o(weighted): elementary symmetric polynomials, by recursion."""
-        elementary = [np.ones(weighted.shape[:2]), *(np.zeros(weighted.shape[:2]) for _ in range(self.max_order))]
-        for player in range(weighted.shape[2]):
-            column = weighted[:, :, player]
-            for order in range(self.max_order, 0, -1):
-                elementary[order] = elementary[order] + column * elementary[order - 1]
-        return sum(self.decay ** (order - 2) * elementary[order] for order in range(2, self.max_order + 1))
+def _elementary(weighted: np.ndarray, max_order: int) -> list[np.ndarray]:
+    """The elementary symmetric polynomials e_0..e_max_order of ``weighted`` [a, b, c] over its last axis."""
+    elementary = [np.ones(weighted.shape[:2]), *(np.zeros(weighted.shape[:2]) for _ in range(max_order))]
+    for player in range(weighted.shape[2]):
+        column = weighted[:, :, player]
+        for order in range(max_order, 0, -1):
+            elementary[order] = elementary[order] + column * elementary[order - 1]
+    return elementary
 
 
 class Surrogate:
@@ -119,27 +128,27 @@ class Surrogate:
         self.spread = float(np.std(singles)) if len(singles) > 1 and np.std(singles) > 0 else 1.0
         mean_cost = float(np.mean(singles.max() - singles)) if len(singles) else 0.0
         self.penalty = ADJACENT_MEAN * mean_cost
-        self.indicators = indicators
+        self.indicators, self.heredity, self.max_order = indicators, heredity, max_order
+        self.adjacent = (ADJACENT_SD * mean_cost / self.spread) ** 2
         targets = (values - self._prior_mean(indicators)) / self.spread
-        adjacent = (ADJACENT_SD * mean_cost / self.spread) ** 2
-        kernels = [
-            SetKernel(heredity, variance, decay, neighbours, max_order, adjacent)
-            for variance, decay, neighbours in product(HEREDITY_VARIANCES, ORDER_DECAYS, NEIGHBOUR_VARIANCES)
-        ]
-        self.kernel = max(kernels, key=lambda kernel: log_marginal_likelihood(self._gram(kernel), targets))
-        gram = self._gram(self.kernel)
+        terms = self._terms(indicators)
+        noise = NOISE * CONSTANT_VARIANCE * np.eye(len(indicators))
+        self.kernel = max(GRID, key=lambda weights: log_marginal_likelihood(terms.gram(weights) + noise, targets))
+        gram = terms.gram(self.kernel) + noise
         self.factor = np.linalg.cholesky(gram + JITTER * np.trace(gram) / len(gram) * np.eye(len(gram)))
         self.weights = np.linalg.solve(self.factor.T, np.linalg.solve(self.factor, targets))
 
-    def _gram(self, kernel: SetKernel) -> np.ndarray:
-        return kernel(self.indicators, self.indicators) + NOISE * CONSTANT_VARIANCE * np.eye(len(self.indicators))
+    def _terms(self, first: np.ndarray, *, diagonal: bool = False) -> KernelTerms:
+        second = first if diagonal else self.indicators
+        return KernelTerms(first, second, self.heredity, self.max_order, self.adjacent, diagonal=diagonal)
 
     def predict(self, indicators: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd (float[m] each, in objective units) of the removal sets ``indicators``."""
-        cross = self.kernel(indicators, self.indicators)  # [m, p]
+        cross = self._terms(indicators).gram(self.kernel)  # [m, p]
         mean = cross @ self.weights
         whitened = np.linalg.solve(self.factor, cross.T)  # [p, m]
-        variance = np.maximum(self.kernel.diagonal(indicators) - (whitened**2).sum(axis=0), 0.0)
+        prior = self._terms(indicators, diagonal=True).gram(self.kernel)[:, 0]
+        variance = np.maximum(prior - (whitened**2).sum(axis=0), 0.0)
         return self._prior_mean(indicators) + self.spread * mean, self.spread * np.sqrt(variance)
 
     def _prior_mean(self, indicators: np.ndarray) -> np.ndarray:
