@@ -31,7 +31,7 @@ import numpy as np
 from shapley_svc.errors import ConfigError, at_least
 from shapley_svc.estimators.gp import JITTER, log_marginal_likelihood
 from shapley_svc.planning.problem import Removal, RemovalGame
-from shapley_svc.planning.searchers import PlanSearcher, swaps
+from shapley_svc.planning.searchers import PlanSearcher, lowest, swaps
 
 ENUMERATE_UP_TO = 5000
 """Score every k-set when there are at most this many; else a pool of swaps and greedy constructions."""
@@ -189,9 +189,10 @@ class ModelBasedSearch(PlanSearcher):
                 f"the model-based search needs at least {len(singles) + 1} reads (every single removal and one "
                 f"set of {k}), got a budget of {game.budget}"
             )
-        costs = -game.values(singles)
-        seeds = [costs, *(-scores[list(candidates)] for scores in self.rankings if len(scores) == problem.n_players)]
-        game.values(list(dict.fromkeys(_lowest(candidates, scores, k) for scores in seeds))[: game.remaining])
+        costs = dict(zip(candidates, -game.values(singles), strict=True))
+        rankings = [{player: float(scores[player]) for player in candidates} for scores in self.rankings]
+        seeds = [lowest(problem, scores) for scores in [costs, *rankings]]
+        game.values(list(dict.fromkeys(seeds))[: game.remaining])
         while game.remaining > 0:
             proposals = self._propose(game, min(self.batch, game.remaining))
             if not proposals:
@@ -223,19 +224,24 @@ class ModelBasedSearch(PlanSearcher):
         return chosen
 
     def _pool(self, game: RemovalGame) -> list[Removal]:
-        """Every k-set when there are few, else swaps of the best sets read and greedy constructions."""
+        """Every set filling the quotas when there are few, else swaps of the best sets read and the windows of
+        the cheapest candidates of each quota."""
         problem = game.problem
-        candidates, k = problem.candidates, problem.k
-        if math.comb(len(candidates), k) <= ENUMERATE_UP_TO:
-            return [frozenset(chosen) for chosen in combinations(candidates, k)]
-        read = sorted((step for step in game.path if len(step.removed) == k), key=lambda step: -step.value)
+        if math.prod(math.comb(len(q.candidates), q.count) for q in problem.quotas) <= ENUMERATE_UP_TO:
+            choices = (combinations(quota.candidates, quota.count) for quota in problem.quotas)
+            return [frozenset().union(*parts) for parts in product(*choices)]
+        read = sorted((step for step in game.path if problem.complete(step.removed)), key=lambda step: -step.value)
         pool: dict[Removal, None] = {}
         for step in read[: self.pool]:
-            pool.update(dict.fromkeys(swaps(step.removed, candidates)))
-        costs = {player: -(game.known(frozenset([player])) or 0.0) for player in candidates}
-        for start in range(min(len(candidates) - k + 1, 2 * k)):
-            order = sorted(candidates, key=lambda player: costs[player])
-            pool[frozenset(order[start : start + k])] = None
+            pool.update(dict.fromkeys(swaps(step.removed, problem)))
+        costs = {player: -(game.known(frozenset([player])) or 0.0) for player in problem.candidates}
+        orders = [sorted(quota.candidates, key=lambda player: costs[player]) for quota in problem.quotas]
+        for start in range(2 * problem.k):
+            windows = (
+                order[min(start, len(order) - q.count) :][: q.count]
+                for order, q in zip(orders, problem.quotas, strict=True)
+            )
+            pool[frozenset().union(*windows)] = None
         return list(pool)
 
 
@@ -245,12 +251,6 @@ def _heredity(game: RemovalGame) -> np.ndarray:
     values = np.array([game.known(frozenset([player])) for player in game.problem.candidates], dtype=np.float64)
     costs = values.max() - values
     return 0.5 + costs / (costs.mean() or 1.0)
-
-
-def _lowest(candidates: Sequence[int], costs: np.ndarray, k: int) -> Removal:
-    """The k candidates of lowest cost (ties: the later layer, as pruning conventionally cuts late)."""
-    order = sorted(range(len(candidates)), key=lambda index: (costs[index], -index))
-    return frozenset(candidates[index] for index in order[:k])
 
 
 def _indicators(removals: Sequence[Removal], position: dict[int, int]) -> np.ndarray:

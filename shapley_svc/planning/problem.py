@@ -64,21 +64,31 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Remove exactly ``count`` of ``candidates`` (player indices, in layer order)."""
+
+    candidates: tuple[int, ...]
+    count: int
+
+
+@dataclass(frozen=True)
 class RemovalProblem:
-    """Remove ``k`` of the ``candidates`` (player indices) from an ``n_players`` game to maximise ``objective``."""
+    """Remove ``count`` players of each quota's candidates from an ``n_players`` game to maximise ``objective``.
+
+    One quota is the usual "k of these"; several (e.g. a attention and m MLP sublayers) fix the mix.
+    """
 
     player_names: tuple[str, ...]
     task_names: tuple[str, ...]
-    candidates: tuple[int, ...]
-    k: int
+    quotas: tuple[Quota, ...]
     objective: Objective
 
     def __post_init__(self) -> None:
         most = len(self.candidates) - (1 if len(self.candidates) == len(self.player_names) else 0)
-        if not 1 <= self.k <= most:
+        if not 1 <= self.k <= most or any(not 0 <= quota.count <= len(quota.candidates) for quota in self.quotas):
             raise ConfigError(
-                f"cannot remove {self.k} of {len(self.candidates)} candidate players: choose k from 1 to {most} "
-                "(a model keeps at least one player)"
+                f"cannot remove {[quota.count for quota in self.quotas]} of {[len(q.candidates) for q in self.quotas]} "
+                f"candidate players: remove from 1 to {most} in all (a model keeps at least one player)"
             )
         self.objective.checked(self.task_names)
 
@@ -93,18 +103,54 @@ class RemovalProblem:
         objective: Objective | None = None,
     ) -> RemovalProblem:
         """The problem over a game's players; ``target`` keeps only blocks, attention or MLP sublayers."""
-        if target not in TARGETS:
-            raise ConfigError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
-        kinds = {"block": ("block",), "attn": ("attn",), "mlp": ("mlp",)}.get(target)
-        candidates = tuple(index for index, name in enumerate(player_names) if kinds is None or _kind(name) in kinds)
-        if not candidates:
-            raise ConfigError(f"the game has no {target} players: its players are {list(player_names)[:4]}...")
+        return cls.mixed(player_names, task_names, {target: k}, objective=objective)
+
+    @classmethod
+    def mixed(
+        cls,
+        player_names: Sequence[str],
+        task_names: Sequence[str],
+        counts: dict[str, int],
+        *,
+        objective: Objective | None = None,
+    ) -> RemovalProblem:
+        """Remove ``counts[target]`` players of each target (``{"attn": 3, "mlp": 1}``)."""
+        quotas = []
+        for target, count in counts.items():
+            if target not in TARGETS:
+                raise ConfigError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+            kinds = {"block": ("block",), "attn": ("attn",), "mlp": ("mlp",)}.get(target)
+            members = tuple(index for index, name in enumerate(player_names) if kinds is None or _kind(name) in kinds)
+            if not members:
+                raise ConfigError(f"the game has no {target} players: its players are {list(player_names)[:4]}...")
+            quotas.append(Quota(members, count))
         chosen = objective or Objective.parse(None, task_names)
-        return cls(tuple(player_names), tuple(task_names), candidates, k, chosen)
+        return cls(tuple(player_names), tuple(task_names), tuple(quotas), chosen)
 
     @property
     def n_players(self) -> int:
         return len(self.player_names)
+
+    @property
+    def k(self) -> int:
+        """How many players go in all."""
+        return sum(quota.count for quota in self.quotas)
+
+    @property
+    def candidates(self) -> tuple[int, ...]:
+        """Every player some quota may remove, in layer order."""
+        return tuple(sorted({player for quota in self.quotas for player in quota.candidates}))
+
+    def allows(self, removal: Iterable[int]) -> bool:
+        """Whether ``removal`` stays within every quota (it may still be short of them)."""
+        chosen = set(removal)
+        inside = set().union(*(quota.candidates for quota in self.quotas))
+        return chosen <= inside and all(len(chosen & set(q.candidates)) <= q.count for q in self.quotas)
+
+    def complete(self, removal: Iterable[int]) -> bool:
+        """Whether ``removal`` fills every quota exactly."""
+        chosen = set(removal)
+        return self.allows(chosen) and all(len(chosen & set(q.candidates)) == q.count for q in self.quotas)
 
     def coalitions(self, removals: Sequence[Removal]) -> Coalitions:
         """bool[m, n]: the coalition each removal set leaves."""
@@ -184,9 +230,12 @@ class RemovalGame:
         return np.array([self.known(removal) for removal in sets], dtype=np.float64)
 
     def best(self, size: int | None = None) -> Step:
-        """The best removal set read (of ``size`` players, by default the problem's k)."""
+        """The best removal set read: of ``size`` players, or by default one that fills the problem's quotas."""
+        if size is None:
+            steps = [step for step in self.path if self.problem.complete(step.removed)]
+        else:
+            steps = [step for step in self.path if len(step.removed) == size]
         wanted = self.problem.k if size is None else size
-        steps = [step for step in self.path if len(step.removed) == wanted]
         if not steps:
             raise ConfigError(f"the search read no removal set of {wanted} players within its budget of {self.budget}")
         return max(steps, key=lambda step: step.value)  # ties: the first read, so the same path gives the same plan

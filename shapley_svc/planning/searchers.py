@@ -19,12 +19,12 @@ at the previous step, so that they still reach k.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from shapley_svc.errors import ConfigError, at_least
-from shapley_svc.planning.problem import Removal, RemovalGame
+from shapley_svc.planning.problem import Removal, RemovalGame, RemovalProblem
 
 
 def greedy_evaluations(n_candidates: int, k: int) -> int:
@@ -51,15 +51,14 @@ class RankingSearch(PlanSearcher):
         self.scores = None if scores is None else np.asarray(scores, dtype=np.float64)
 
     def search(self, game: RemovalGame, rng: np.random.Generator) -> None:
-        candidates = game.problem.candidates
-        if self.scores is None:
-            scores = -game.values([[player] for player in candidates])  # leave-one-out: the cost of removing each
-        elif len(self.scores) == game.problem.n_players:
-            scores = self.scores[list(candidates)]
+        problem = game.problem
+        if self.scores is None:  # leave-one-out: minus the value of removing each candidate alone
+            scores = dict(zip(problem.candidates, -game.values([[p] for p in problem.candidates]), strict=True))
+        elif len(self.scores) == problem.n_players:
+            scores = {player: float(self.scores[player]) for player in problem.candidates}
         else:
-            raise ConfigError(f"{len(self.scores)} scores for a game of {game.problem.n_players} players")
-        order = np.argsort(scores, kind="stable")
-        game.values([[candidates[index] for index in order[: game.problem.k]]])
+            raise ConfigError(f"{len(self.scores)} scores for a game of {problem.n_players} players")
+        game.values([lowest(problem, scores)])
 
 
 class BeamSearch(PlanSearcher):
@@ -75,9 +74,8 @@ class BeamSearch(PlanSearcher):
         beam: list[Removal] = [frozenset()]
         preference = list(candidates)  # the order the last step ranked the candidates in
         for size in range(1, k + 1):
-            children = list(
-                dict.fromkeys(parent | {player} for parent in beam for player in preference if player not in parent)
-            )
+            grown = (parent | {player} for parent in beam for player in preference if player not in parent)
+            children = list(dict.fromkeys(child for child in grown if game.problem.allows(child)))
             room = game.remaining - (k - size)  # leave one read for each later step
             children = self._affordable(children, preference, room)
             values = game.values(children)
@@ -115,7 +113,7 @@ class EvolutionarySearch(PlanSearcher):
     def search(self, game: RemovalGame, rng: np.random.Generator) -> None:
         parent = self._start(game, rng, self.initial)
         while parent is not None and game.remaining > 0:
-            unread = [child for child in swaps(parent, game.problem.candidates) if game.known(child) is None]
+            unread = [child for child in swaps(parent, game.problem) if game.known(child) is None]
             if not unread:
                 parent = self._start(game, rng, 1)
                 continue
@@ -128,11 +126,14 @@ class EvolutionarySearch(PlanSearcher):
 
     @staticmethod
     def _start(game: RemovalGame, rng: np.random.Generator, count: int) -> Removal | None:
-        """The best of up to ``count`` random unread sets of k; None when no unread one turns up."""
-        candidates, k = game.problem.candidates, game.problem.k
+        """The best of up to ``count`` random unread sets filling the quotas; None when no unread one turns up."""
         starts: dict[Removal, None] = {}
         for _ in range(100 * count):
-            start = frozenset(int(player) for player in rng.choice(candidates, k, replace=False))
+            start = frozenset(
+                int(player)
+                for quota in game.problem.quotas
+                for player in rng.choice(quota.candidates, quota.count, replace=False)
+            )
             if game.known(start) is None:
                 starts[start] = None
             if len(starts) == min(count, game.remaining):
@@ -143,10 +144,24 @@ class EvolutionarySearch(PlanSearcher):
         return chosen[int(np.argmax(game.values(chosen)))]
 
 
-def swaps(removal: Removal, candidates: Sequence[int]) -> list[Removal]:
-    """Every set with one removed player put back and one kept candidate removed instead."""
-    kept = [player for player in candidates if player not in removal]
-    return [removal - {back} | {out} for back in sorted(removal) for out in kept]
+def swaps(removal: Removal, problem: RemovalProblem) -> list[Removal]:
+    """Every set with one removed player put back and one kept candidate of its quota removed instead."""
+    return [
+        removal - {back} | {out}
+        for quota in problem.quotas
+        for back in sorted(removal & set(quota.candidates))
+        for out in quota.candidates
+        if out not in removal
+    ]
+
+
+def lowest(problem: RemovalProblem, scores: Mapping[int, float]) -> Removal:
+    """The lowest-scored candidates filling each quota (ties: the earlier layer, as ``scores`` order them)."""
+    chosen: set[int] = set()
+    for quota in problem.quotas:
+        free = [player for player in quota.candidates if player not in chosen]
+        chosen |= set(sorted(free, key=lambda player: scores[player])[: quota.count])
+    return frozenset(chosen)
 
 
 def _player_order(ranked: list[Removal], previous: list[int]) -> list[int]:
