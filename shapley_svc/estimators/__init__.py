@@ -48,7 +48,24 @@ REGISTRY: Registry[Estimator] = Registry(
             "player_stratified", "PlayerStratifiedEstimator", "per-player stratified marginals, focusable"
         ),
         "banzhaf": _entry("msr", "MeanDifferenceEstimator", "Banzhaf values by maximum sample reuse"),
-        "seed_compatible": _entry("msr", "SeedCompatibleEstimator", "seed paper: mean present - mean absent, 90% kept"),
+        "seed_compatible": _entry(
+            "msr",
+            "SeedCompatibleEstimator",
+            "seed paper's one-size proxy of pruning_semivalue: mean present - mean absent, 90% kept",
+        ),
+        "pruning_semivalue": _entry(
+            "semivalue",
+            "PruningSemivalueEstimator",
+            "semivalue: mean marginal contribution with k or fewer others missing (removed=k or keep_fraction)",
+        ),
+        "beta_shapley": _entry(
+            "semivalue",
+            "BetaShapleyEstimator",
+            "Beta(alpha, beta) Shapley semivalue; alpha > beta favours small coalitions",
+        ),
+        "weighted_banzhaf": _entry(
+            "semivalue", "WeightedBanzhafEstimator", "semivalue, each other player present with probability weight"
+        ),
         "leave_one_out": _entry("loo", "LeaveOneOutEstimator", "v(N) - v(N minus i)"),
         "exact": _entry("exact", "ExactEstimator", "enumerate all 2^n coalitions (n <= 20)"),
     },

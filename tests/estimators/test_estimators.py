@@ -19,6 +19,9 @@ from shapley_svc.estimators.table import TableGame
 
 ALL = tuple(REGISTRY)
 SAMPLING = tuple(name for name in ALL if name != "exact")
+# Semivalues other than Shapley's: on an additive game every one equals the weights; no efficiency, no symmetry
+# to Shapley's value (their own tests are in test_semivalue.py).
+SEMIVALUES = ("pruning_semivalue", "beta_shapley", "weighted_banzhaf")
 # Exact on additive games: every walk/pair/regression recovers the weights exactly.
 EXACT_ON_ADDITIVE = (
     "structured_gp",
@@ -29,6 +32,7 @@ EXACT_ON_ADDITIVE = (
     "player_stratified",
     "leave_one_out",
     "exact",
+    *SEMIVALUES,
 )
 # Efficiency (sum phi = v(N) - v(empty)) is guaranteed by these.
 EFFICIENT = ("structured_gp", "heredity_gp", "kernelshap", "permutation", "exact")
@@ -82,7 +86,7 @@ def test_null_player_gets_exactly_zero(name: str) -> None:
     assert result.values[0, 0] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ("kernelshap", "heredity_gp", "structured_gp", "stratified"))
+@pytest.mark.parametrize("name", ("kernelshap", "heredity_gp", "structured_gp", "stratified", *SEMIVALUES))
 def test_null_player_close_to_zero(name: str) -> None:
     game = ThresholdGame(7)
     result = estimate(make_estimator(name, 7, 80, seed=5), game)
