@@ -4,8 +4,12 @@ Banzhaf value beta_i = E_{S ~ Unif(2^N)}[v(S) | i in S] - E[v(S) | i not in S] (
 sample reuse (Wang & Jia 2023, "Data Banzhaf") draws uniform coalitions and uses every sample for every
 player: beta_i ~= mean_{S drawn, i in S} v(S) - mean_{S drawn, i not in S} v(S).
 Seed-compatible score: the same mean difference over random subnetworks that keep a fixed fraction of
-the players (default 90 %, i.e. round(0.9 n) present), as in the seed paper, so users can reproduce
-and compare its rankings. Neither is the Shapley value (no efficiency). Stderr:
+the players (default 90 %, t = round(0.9 n) present), as in the seed paper, so users can reproduce and
+compare its rankings. It is a one-size estimate for the pruning regime (``pruning_semivalue``, in
+``semivalue.py``, is the semivalue itself): E[v(T) | i in T, |T| = t] - E[v(T) | i not in T, |T| = t] =
+m_i - mean_{j != i} m_j^{-i}, with m_i player i's expected marginal contribution when n - t others are
+missing and m_j^{-i} that of j in the game without i; on an additive game (n w_i - sum_j w_j) / (n - 1), so
+it ranks like the semivalue there. Neither is the Shapley value (no efficiency). Stderr:
 sqrt(var_in / c_in + var_out / c_out) per player. Sampling is without replacement.
 """
 
@@ -88,7 +92,11 @@ class MeanDifferenceEstimator(Estimator):
 
 
 class SeedCompatibleEstimator(MeanDifferenceEstimator):
-    """The seed paper's score: mean difference over subnetworks keeping ``keep_fraction`` of the players."""
+    """The seed paper's score: mean difference over subnetworks keeping ``keep_fraction`` of the players.
+
+    A one-size estimate for the pruning regime: player i's marginal contribution with n - kept others missing,
+    less the others' mean one (see the module docstring); ``pruning_semivalue`` is the semivalue itself.
+    """
 
     name = "seed_compatible"
 
