@@ -18,8 +18,10 @@ estimator, Sarndal, Swensson & Wretman 1992), so additive games come out exact. 
 fitted on the other sizes' rows only (cross-fitting), so they are independent of its sample. Stderr: given the
 counts, a stratum's with- and without-samples are independent simple random samples of their subpopulations
 (strata are independent), so Var phi_i = sum_t p_{t-1}^2 (1 - c/N) s^2 / c (with) + p_t^2 (...) (without), s^2
-the residual variance of the side. A side seen once counts as one sample at its stratum's (else the pooled)
-residual spread; a side never seen takes the surrogate's mean, at that spread.
+the residual variance of the side. A side seen once counts as one sample at the larger of its stratum's and
+the pooled residual spread; a side never seen takes the surrogate's mean, at that spread. Where the budget
+leaves small-weight sizes so sparse that sides go unseen (Beta(16, 1) at 10 n on 12 players), the surrogate's
+misfit there is a bias the stderr covers only in part (88-90 % of values within 2 stderr instead of 95 %).
 """
 
 from __future__ import annotations
@@ -363,7 +365,9 @@ class SemivalueEstimator(Estimator):
             for coefficient, present, exact_mean, population, sign in sides:
                 if coefficient == 0:
                     continue
-                mean, side_variance, count = side_estimate(raw, present, population, spreads.get(size, pooled))
+                mean, side_variance, count = side_estimate(
+                    raw, present, population, np.maximum(spreads.get(size, pooled), pooled)
+                )
                 values += sign * coefficient * (exact_mean + mean)
                 variance += coefficient**2 * side_variance
                 counts += count
