@@ -184,10 +184,11 @@ class ModelBasedSearch(PlanSearcher):
         problem = game.problem
         candidates, k = problem.candidates, problem.k
         singles = [frozenset([player]) for player in candidates]
-        if game.remaining < len(singles) + 1:
+        unread = sum(game.known(single) is None for single in singles)
+        if game.remaining < unread + 1:
             raise ConfigError(
-                f"the model-based search needs at least {len(singles) + 1} reads (every single removal and one "
-                f"set of {k}), got a budget of {game.budget}"
+                f"the model-based search needs at least {unread + 1} reads (every single removal not read yet and "
+                f"one set of {k}), got a budget of {game.budget} with {game.used} read"
             )
         costs = dict(zip(candidates, -game.values(singles), strict=True))
         rankings = [{player: float(scores[player]) for player in candidates} for scores in self.rankings]

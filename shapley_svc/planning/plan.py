@@ -44,6 +44,7 @@ class RemovalPlan(BaseModel):
     budget: int
     removed: tuple[str, ...]
     objective: dict[str, float]
+    limits: dict[str, float] = {}
     value: float
     task_values: dict[str, float]
     evaluations_used: int
@@ -64,6 +65,7 @@ class RemovalPlan(BaseModel):
             budget=game.budget,
             removed=problem.names(best.removed),
             objective=dict(problem.objective.weights),
+            limits=dict(problem.objective.limits),
             value=best.value,
             task_values=dict(zip(tasks, game.task_values[best.removed].tolist(), strict=True)),
             evaluations_used=game.used,

@@ -27,11 +27,20 @@ TARGETS = ("block", "attn", "mlp", "any")
 """Which players may be removed: blocks, attention sublayers only, MLP sublayers only, or any player."""
 
 
+FULL: frozenset[int] = frozenset()
+"""The empty removal set: every player present (read once by an objective with limits)."""
+
+LIMIT_PENALTY = 10.0
+"""Objective units lost per unit a limit is exceeded by, so that searchers see infeasible sets as bad."""
+
+
 @dataclass(frozen=True)
 class Objective:
-    """A weighted sum of a game's task columns (one task: a single weight of 1)."""
+    """A weighted sum of a game's task columns (one task: a single weight of 1), optionally under limits: the
+    most each named task may lose against the full model (``{"mmlu.p_correct": 0.01}``)."""
 
     weights: Mapping[str, float]
+    limits: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str | None, task_names: Sequence[str]) -> Objective:
@@ -51,7 +60,7 @@ class Objective:
 
     def checked(self, task_names: Sequence[str]) -> Objective:
         """This objective, or a ConfigError naming a task the game does not have."""
-        unknown = [name for name in self.weights if name not in task_names]
+        unknown = [name for name in [*self.weights, *self.limits] if name not in task_names]
         if unknown or not self.weights:
             raise ConfigError(
                 f"objective tasks {unknown or '(none)'} are not among the game's tasks {list(task_names)}"
@@ -61,6 +70,17 @@ class Objective:
     def column_weights(self, task_names: Sequence[str]) -> np.ndarray:
         """float[t]: the weight of each task column (0 for tasks the objective leaves out)."""
         return np.array([float(self.weights.get(name, 0.0)) for name in task_names])
+
+    def excess(self, values: np.ndarray, full: np.ndarray | None, task_names: Sequence[str]) -> float:
+        """How far a set's task values (float[t]) exceed the limits against the full model's (0: within them)."""
+        if not self.limits or full is None:
+            return 0.0
+        losses = {name: float(full[index] - values[index]) for index, name in enumerate(task_names)}
+        return sum(max(0.0, losses[name] - limit) for name, limit in self.limits.items())
+
+    def score(self, values: np.ndarray, full: np.ndarray | None, task_names: Sequence[str]) -> float:
+        """The weighted sum, less ``LIMIT_PENALTY`` per unit a limit is exceeded by."""
+        return float(values @ self.column_weights(task_names)) - LIMIT_PENALTY * self.excess(values, full, task_names)
 
 
 @dataclass(frozen=True)
@@ -173,26 +193,30 @@ def _kind(name: str) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One removal set the search read, in reading order, with its objective value."""
+    """One removal set the search read, with its objective value and whether it keeps the limits."""
 
     removed: Removal
     value: float
+    feasible: bool = True
 
 
 @dataclass
 class RemovalGame:
-    """The budgeted game a searcher plays: objective values of removal sets, read through the evaluator."""
+    """The budgeted game a searcher plays: objective values of removal sets, read through the evaluator.
+
+    The problem (its quotas, its objective) may change between searches of one game, as the drivers of
+    :mod:`shapley_svc.planning.objectives` do: what was read stays read and counted once.
+    """
 
     problem: RemovalProblem
     evaluator: Evaluator
     budget: int
-    path: list[Step] = field(default_factory=list)
+    order: list[Removal] = field(default_factory=list)
     task_values: dict[Removal, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ConfigError(f"the budget must be at least 1 evaluation, got {self.budget}")
-        self._weights = self.problem.objective.column_weights(self.evaluator.game.task_names)
         self._computed_before = self.evaluator.stats.evaluated
 
     @property
@@ -209,15 +233,28 @@ class RemovalGame:
         """Coalitions the evaluator computed for this search (the rest came from the cache)."""
         return self.evaluator.stats.evaluated - self._computed_before
 
+    @property
+    def path(self) -> list[Step]:
+        """Every removal set read, in reading order, scored by the current objective."""
+        return [self.step(removal) for removal in self.order]
+
+    def step(self, removal: Removal) -> Step:
+        """A read removal set with its value and feasibility under the current objective."""
+        values, tasks = self.task_values[removal], self.evaluator.game.task_names
+        full = self.task_values.get(FULL)
+        objective = self.problem.objective
+        return Step(removal, objective.score(values, full, tasks), objective.excess(values, full, tasks) == 0)
+
     def known(self, removal: Removal) -> float | None:
         """The objective value of a removal set already read, else None (free: reads nothing)."""
-        values = self.task_values.get(removal)
-        return None if values is None else float(values @ self._weights)
+        return self.step(removal).value if removal in self.task_values else None
 
     def values(self, removals: Sequence[Iterable[int]]) -> np.ndarray:
-        """float[m]: the objective value of each removal set; new ones count against the budget, in one batch."""
+        """float[m]: the objective value of each removal set; new ones count against the budget, in one batch
+        (with the full model first, once, when the objective has limits)."""
         sets = [frozenset(removal) for removal in removals]
-        new = list(dict.fromkeys(removal for removal in sets if removal not in self.task_values))
+        needed = [FULL] if self.problem.objective.limits else []
+        new = list(dict.fromkeys(removal for removal in [*needed, *sets] if removal not in self.task_values))
         if len(new) > self.remaining:
             raise BudgetExceededError(
                 f"reading {len(new)} new removal sets would use {self.used + len(new)} of a budget of {self.budget}"
@@ -226,16 +263,22 @@ class RemovalGame:
             values: Values = self.evaluator.evaluate(self.problem.coalitions(new))
             for removal, row in zip(new, values, strict=True):
                 self.task_values[removal] = np.asarray(row, dtype=np.float64)
-                self.path.append(Step(removal, float(row @ self._weights)))
+                self.order.append(removal)
         return np.array([self.known(removal) for removal in sets], dtype=np.float64)
 
     def best(self, size: int | None = None) -> Step:
-        """The best removal set read: of ``size`` players, or by default one that fills the problem's quotas."""
+        """The best removal set read within the limits: of ``size`` players, or by default one that fills the
+        problem's quotas."""
         if size is None:
-            steps = [step for step in self.path if self.problem.complete(step.removed)]
+            steps = [step for step in self.path if self.problem.complete(step.removed) and step.feasible]
         else:
-            steps = [step for step in self.path if len(step.removed) == size]
+            steps = [step for step in self.path if len(step.removed) == size and step.feasible]
         wanted = self.problem.k if size is None else size
         if not steps:
-            raise ConfigError(f"the search read no removal set of {wanted} players within its budget of {self.budget}")
+            limits = (
+                f" keeping the limits {dict(self.problem.objective.limits)}" if self.problem.objective.limits else ""
+            )
+            raise ConfigError(
+                f"the search read no removal set of {wanted} players{limits} within its budget of {self.budget}"
+            )
         return max(steps, key=lambda step: step.value)  # ties: the first read, so the same path gives the same plan

@@ -77,18 +77,22 @@ class BeamSearch(PlanSearcher):
             grown = (parent | {player} for parent in beam for player in preference if player not in parent)
             children = list(dict.fromkeys(child for child in grown if game.problem.allows(child)))
             room = game.remaining - (k - size)  # leave one read for each later step
-            children = self._affordable(children, preference, room)
+            children = self._affordable(game, children, preference, room)
             values = game.values(children)
             ranked = [children[index] for index in np.argsort(-values, kind="stable")]
             beam = ranked[: self.width]
             preference = _player_order(ranked, preference)
 
     @staticmethod
-    def _affordable(children: list[Removal], preference: list[int], room: int) -> list[Removal]:
-        if room < 1:
-            raise ConfigError("the budget is too small to reach k removals one step at a time")
+    def _affordable(game: RemovalGame, children: list[Removal], preference: list[int], room: int) -> list[Removal]:
+        """Every child already read (free), and the unread ones the budget allows, best-ranked players first."""
         rank = {player: position for position, player in enumerate(preference)}
-        return sorted(children, key=lambda child: sorted(rank[player] for player in child))[:room]
+        ordered = sorted(children, key=lambda child: sorted(rank[player] for player in child))
+        unread = [child for child in ordered if game.known(child) is None]
+        if unread and room < 1:
+            raise ConfigError("the budget is too small to reach k removals one step at a time")
+        allowed = set(unread[: max(room, 0)])
+        return [child for child in ordered if game.known(child) is not None or child in allowed]
 
 
 class GreedySearch(BeamSearch):
