@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _selection_flags(chosen: argparse._ArgumentGroup) -> None:
     """What to remove: a ranking file with the selection rules, or explicit lists."""
     chosen.add_argument("--ranking", type=Path, help="ranking JSON (the shapley-svc Ranking format)")
+    chosen.add_argument("--plan", type=Path, help="plan JSON from `shapley-svc plan`: exactly its players go")
     chosen.add_argument("--method", help="which ranking of a ranking set to use (e.g. leave_one_out)")
     chosen.add_argument("--task", help="with --method: the task of the ranking to use, when several")
     chosen.add_argument(

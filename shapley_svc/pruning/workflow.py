@@ -29,13 +29,14 @@ from shapley_svc.errors import ConfigError
 from shapley_svc.model.layouts import Layout, resolve
 from shapley_svc.model.loading import LoadedModel, load_model
 from shapley_svc.model.masked import MaskedModel
+from shapley_svc.planning.plan import RemovalPlan
 from shapley_svc.players import Player
 from shapley_svc.pruning import apply, card, recovery, savings
 from shapley_svc.pruning.curves import PruningSummary, Split, describe_split
 from shapley_svc.pruning.select import PruningPlan, select
 from shapley_svc.ranking import Ranking, RankingSet
 from shapley_svc.values.lm_loss import LanguageModelingLoss
-from shapley_svc.versioned import write_text
+from shapley_svc.versioned import read_text, write_text
 
 SUMMARY_FILE = "pruning-summary.json"
 
@@ -44,8 +45,9 @@ SUMMARY_FILE = "pruning-summary.json"
 class PruneRequest:
     """What to remove, how to recover and what to judge on; the fields are ``shapley-svc prune``'s flags.
 
-    Give either ``ranking`` (a ranking JSON file, with ``count`` or ``fraction``) or ``blocks`` / ``attn`` /
-    ``mlp`` lists of layer indices. Windows are ``(first, count)`` of ``window``-token windows of ``corpus``.
+    Give one of ``ranking`` (a ranking JSON file, with ``count`` or ``fraction``), ``plan`` (a plan JSON from
+    ``shapley-svc plan``: exactly its players go) or ``blocks`` / ``attn`` / ``mlp`` lists of layer indices.
+    Windows are ``(first, count)`` of ``window``-token windows of ``corpus``.
     """
 
     out: Path
@@ -53,6 +55,7 @@ class PruneRequest:
     dtype: str = "float32"
     device: str = "cpu"
     ranking: Path | None = None
+    plan: Path | None = None
     method: str | None = None
     task: str | None = None
     target: str | None = None
@@ -151,12 +154,16 @@ def prune(request: PruneRequest) -> PruneReport:
 def check_request(request: PruneRequest) -> None:
     """A ConfigError unless the request names its players one way, its output folder is new or empty and,
     with ``push_to_hub``, the hub can be reached."""
-    if request.explicit == (request.ranking is not None):
-        raise ConfigError("give either --ranking FILE (with --count or --fraction) or --blocks/--attn/--mlp lists")
-    selecting = request.count is not None or request.fraction is not None or request.method or request.target
-    if request.explicit and selecting:
+    sources = [request.explicit, request.ranking is not None, request.plan is not None]
+    if sum(sources) != 1:
         raise ConfigError(
-            "--count/--fraction/--method/--target select from a --ranking; drop them with --blocks/--attn/--mlp"
+            "give either --ranking FILE (with --count or --fraction), --plan FILE or --blocks/--attn/--mlp lists"
+        )
+    selecting = request.count is not None or request.fraction is not None or request.method or request.target
+    if request.ranking is None and selecting:
+        raise ConfigError(
+            "--count/--fraction/--method/--target select from a --ranking; "
+            "drop them with --plan or --blocks/--attn/--mlp"
         )
     if request.out.exists() and any(request.out.iterdir()):
         raise ConfigError(f"output folder {request.out} exists and is not empty: choose a new --out folder")
@@ -193,7 +200,11 @@ def ranking_split(ranking: Ranking) -> Split:
 def _plan(request: PruneRequest, ranking: Ranking | None, loaded: LoadedModel) -> tuple[PruningPlan, str, Split]:
     """The plan, a description of where it came from, and the split its ranking was estimated on."""
     num_layers = len(resolve(loaded.model, loaded.layout.layers))
-    if ranking is None:
+    if request.plan is not None:
+        removal = RemovalPlan.from_json(read_text(request.plan, "plan"))
+        plan = PruningPlan.from_players((Player.parse(name) for name in removal.removed), num_layers)
+        source, split = f"plan of {removal.method} ({len(removal.removed)} players) from {request.plan}", Split("-")
+    elif ranking is None:
         players = [Player(i, "block") for i in request.blocks]
         players += [Player(i, "attn") for i in request.attn] + [Player(i, "mlp") for i in request.mlp]
         plan, source, split = PruningPlan.from_players(players, num_layers), "explicit list", Split("-")

@@ -138,3 +138,31 @@ def test_bad_input_is_one_line(
     error = capsys.readouterr().err
     last = error.strip().splitlines()[-1]
     assert code == 2 and message in last and last.startswith("shapley-svc prune: error:")
+
+
+def test_a_plan_file_removes_exactly_its_players_and_reloads_in_plain_transformers(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shapley_svc.planning import RemovalPlan
+
+    plan = RemovalPlan(
+        method="greedy", seed=0, params={}, k=2, budget=10, removed=("layer1.attn", "layer3.block"),
+        objective={"value": 1.0}, value=-1.0, task_values={"value": -1.0}, evaluations_used=9,
+        evaluations_computed=9, path=(),
+    )  # fmt: skip
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    out = tmp_path / "pruned"
+    arguments = ["prune", "--model", str(tiny_checkpoint), "--plan", str(tmp_path / "plan.json"), "--out", str(out)]
+    assert cli.main([*arguments, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "layer1.attn, layer3.block" in printed and "plan of greedy" in printed
+    manifest = json.loads((out / "shapley-svc-pruning.json").read_text())
+    assert sorted(manifest["removed"]) == ["layer1.attn", "layer3.block"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 3
+    assert (
+        cli.main(
+            ["prune", "--model", str(tiny_checkpoint), "--plan", "p.json", "--count", "1", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
