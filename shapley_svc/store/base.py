@@ -78,6 +78,17 @@ class ResultRecord:
 
 
 @dataclass(frozen=True)
+class PlanRecord:
+    """One searched plan of a job: its name, granularity, and the RemovalPlan JSON text."""
+
+    job_id: str
+    name: str
+    granularity: str
+    plan_json: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class CacheLookup:
     """Which coalitions the cache holds (``found``, bool[k]) and their values (float[k, t], NaN where missing)."""
 
@@ -157,6 +168,14 @@ class ResultStore(ValueCache, Protocol):
 
     def get_results(self, job_id: str) -> list[ResultRecord]:
         """Every result of ``job_id``, ordered by granularity, estimator, task."""
+        ...
+
+    def put_plan(self, job_id: str, *, name: str, granularity: str, plan_json: str) -> None:
+        """Store (or replace) one plan's JSON."""
+        ...
+
+    def get_plans(self, job_id: str) -> list[PlanRecord]:
+        """Every plan of ``job_id``, ordered by name."""
         ...
 
     def close(self) -> None:

@@ -30,13 +30,14 @@ from shapley_svc.store.base import (
     JobRecord,
     JobStateError,
     JobStatus,
+    PlanRecord,
     ResultRecord,
     StoreError,
     cacheable,
 )
 from shapley_svc.types import Coalitions, Values
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LOOKUP_BATCH = 400  # coalitions per IN (...) query, well under SQLite's bound-parameter limit
 
 _SCHEMA = """
@@ -62,6 +63,14 @@ CREATE TABLE IF NOT EXISTS results (
     created_at REAL NOT NULL,
     PRIMARY KEY (job_id, granularity, estimator, task)
 );
+CREATE TABLE IF NOT EXISTS plans (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    granularity TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
 """
 
 _VALUE_CACHE = """
@@ -83,6 +92,8 @@ _MIGRATE_FROM_1 = (
     + "INSERT INTO value_cache SELECT game, '', coalition, n_players, n_tasks, value_bytes, created_at "
     "FROM value_cache_v1; DROP TABLE value_cache_v1; UPDATE schema_version SET version = 2;"
 )
+_MIGRATE_FROM_2 = "UPDATE schema_version SET version = 3;"  # version 3 adds the plans table (created if missing)
+_MIGRATIONS = {1: _MIGRATE_FROM_1, 2: _MIGRATE_FROM_2}
 
 
 def _timestamp(seconds: float | None) -> datetime | None:
@@ -149,8 +160,8 @@ class SQLiteStore:
         try:
             with self._transaction() as connection:
                 row = self._version(connection)
-                if row == 1:
-                    _execute_script(connection, _MIGRATE_FROM_1)
+                for version in range(row or SCHEMA_VERSION, SCHEMA_VERSION):
+                    _execute_script(connection, _MIGRATIONS[version])
                 _execute_script(connection, _SCHEMA + _VALUE_CACHE)
                 if row is None:
                     connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -307,6 +318,31 @@ class SQLiteStore:
         return [
             ResultRecord(job, task, granularity, estimator, result, datetime.fromtimestamp(created, UTC))
             for job, task, granularity, estimator, result, created in rows
+        ]
+
+    def put_plan(self, job_id: str, *, name: str, granularity: str, plan_json: str) -> None:
+        """Store (or replace) one plan's JSON; text that is not JSON is a StoreError."""
+        try:
+            json.loads(plan_json)
+        except json.JSONDecodeError as error:
+            raise StoreError(f"plan {name} of job {job_id} is not JSON") from error
+        try:
+            with self._transaction() as connection:
+                connection.execute(
+                    "INSERT OR REPLACE INTO plans (job_id, name, granularity, plan, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, name, granularity, plan_json, time.time()),
+                )
+        except sqlite3.IntegrityError as error:
+            raise JobNotFoundError(f"no job {job_id!r}: create it before storing its plans") from error
+
+    def get_plans(self, job_id: str) -> list[PlanRecord]:
+        """Every plan of ``job_id``, ordered by name."""
+        rows = self._connection().execute(
+            "SELECT job_id, name, granularity, plan, created_at FROM plans WHERE job_id = ? ORDER BY name", (job_id,)
+        )
+        return [
+            PlanRecord(job, name, granularity, plan, datetime.fromtimestamp(created, UTC))
+            for job, name, granularity, plan, created in rows
         ]
 
     # -- value cache ----------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_reopening_keeps_everything_and_checks_the_schema(tmp_path: Path) -> Non
     with SQLiteStore(path) as second:
         assert second.get_job("j").spec == {"a": 1}
         assert second.lookup_values("g", np.ones((1, 2), dtype=bool), 1).values[0, 0] == 1.5
-        assert second.schema_version() == 2
+        assert second.schema_version() == 3
     connection = sqlite3.connect(path)
     connection.execute("UPDATE schema_version SET version = 99")
     connection.commit()
@@ -166,7 +166,23 @@ def test_a_version_1_store_is_migrated_and_its_values_keep_an_empty_setup(tmp_pa
     connection.commit()
     connection.close()
     with SQLiteStore(path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
         assert store.value_setups("g") == {"": 1}
         assert not store.lookup_values("g", np.ones((1, 2), dtype=bool), 1, setup="cpu").found.any()
         assert store.lookup_values("g", np.ones((1, 2), dtype=bool), 1).values[0, 0] == 1.5
+
+
+def test_plans_are_stored_per_job_and_name(store: SQLiteStore) -> None:
+    store.create_job({}, job_id="j")
+    store.put_plan("j", name="block-block-2", granularity="block", plan_json='{"removed": ["layer1.block"]}')
+    store.put_plan("j", name="block-block-2", granularity="block", plan_json='{"removed": ["layer2.block"]}')
+    (record,) = store.get_plans("j")
+    assert (record.name, record.granularity, record.plan_json) == (
+        "block-block-2",
+        "block",
+        '{"removed": ["layer2.block"]}',
+    )
+    with pytest.raises(StoreError, match="not JSON"):
+        store.put_plan("j", name="x", granularity="block", plan_json="{")
+    with pytest.raises(JobNotFoundError):
+        store.put_plan("missing", name="x", granularity="block", plan_json="{}")
