@@ -168,8 +168,47 @@ class StoreSpec(_Strict):
     reuse_across_setups: bool = Field(False, description=REUSE_ACROSS_SETUPS_HELP)
 
 
+class PlanSpec(_Strict):
+    """A plan the job searches after its estimators, on the same cached values (see ``shapley-svc plan``).
+
+    Example (YAML): ``{remove: 8, budget: 106}``, or ``{most: true, limits: {wikitext2.neg_loss: 0.3}, budget: 200}``.
+    """
+
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    granularity: Granularity = Granularity.BLOCK
+    target: Literal["block", "attn", "mlp", "any"] | None = Field(
+        None, description="which players may go (default: block, or any sublayer at granularity sublayer)"
+    )
+    remove: int | None = Field(None, ge=1, description="how many players go (omit with most: true)")
+    most: bool = Field(False, description="as many players as possible while every limit holds")
+    method: str = Field("default", min_length=1, description="the plan searcher (shapley-svc plan --help)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: int = Field(gt=0, description="distinct coalitions the search may read")
+    seed: int = Field(0, ge=0)
+    objective: dict[str, float] | None = Field(None, description="task weights (default: the first task)")
+    limits: dict[str, float] = Field(default_factory=dict, description="the most each task may lose")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> PlanSpec:
+        if (self.remove is None) == (not self.most):
+            raise ValueError("give remove: K, or most: true with limits")
+        if self.most and not self.limits:
+            raise ValueError("most: true needs limits (the most a task may lose)")
+        return self
+
+    @property
+    def resolved_target(self) -> str:
+        """Which players may go: the target given, else blocks, or any sublayer at granularity sublayer."""
+        return self.target or ("block" if self.granularity is Granularity.BLOCK else "any")
+
+    @property
+    def key(self) -> str:
+        """The name the plan is stored under."""
+        return self.name or f"{self.granularity.value}-{self.resolved_target}-{'most' if self.most else self.remove}"
+
+
 class JobSpec(_Strict):
-    """A whole job: model x granularities x estimators, each run scoring every task at once."""
+    """A whole job: model x granularities x estimators, each run scoring every task at once; then its plans."""
 
     version: Literal[1] = SPEC_VERSION
     name: str | None = Field(None, description="a human label for the job")
@@ -180,6 +219,12 @@ class JobSpec(_Strict):
     budget: BudgetSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     store: StoreSpec = Field(default_factory=StoreSpec)
+    plans: list[PlanSpec] = Field(default_factory=list)
+    held_out: list[TaskSpec] = Field(
+        default_factory=list,
+        description="tasks on other data than tasks (e.g. lm_loss windows after them, windows_per_batch: 1) on "
+        "which every plan is checked against the full model, item by item",
+    )
 
     @field_validator("estimators")
     @classmethod
@@ -190,11 +235,23 @@ class JobSpec(_Strict):
             raise ValueError(f"estimators {repeated} appear more than once; give each a distinct 'label'")
         return estimators
 
+    @model_validator(mode="after")
+    def _plans_fit(self) -> JobSpec:
+        keys = [plan.key for plan in self.plans]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(f"plans {repeated} appear more than once; give each a distinct 'name'")
+        missing = sorted({plan.granularity.value for plan in self.plans} - set(self.players.granularities))
+        if missing:
+            raise ValueError(f"plans at granularity {missing} need it in players.granularities")
+        return self
+
     def result_fingerprint(self) -> str:
-        """sha256 of what decides the results (model, players, tasks, estimators, budget), not where they run."""
-        decisive = self.model_dump(
-            mode="json", include={"version", "model", "players", "tasks", "estimators", "budget"}
-        )
+        """sha256 of what decides the results (model, players, tasks, estimators, budget, plans), not where
+        they run; a spec without plans keeps the fingerprint it had before plans existed."""
+        sections = {"version", "model", "players", "tasks", "estimators", "budget"}
+        sections |= {section for section in ("plans", "held_out") if getattr(self, section)}
+        decisive = self.model_dump(mode="json", include=sections)
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
 

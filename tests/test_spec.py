@@ -57,6 +57,35 @@ def test_repeated_estimators_need_labels() -> None:
     assert [e.key for e in parse_spec(labelled).estimators] == ["permutation", "p1"]
 
 
+@pytest.mark.parametrize(
+    ("plans", "message"),
+    [
+        ([{"budget": 10}], "give remove: K, or most: true"),
+        ([{"remove": 2, "most": True, "limits": {"t": 0.1}, "budget": 10}], "give remove: K, or most: true"),
+        ([{"most": True, "budget": 10}], "most: true needs limits"),
+        ([{"remove": 2, "budget": 10}, {"remove": 2, "budget": 20}], "distinct 'name'"),
+        ([{"granularity": "sublayer", "remove": 2, "budget": 10}], "need it in players.granularities"),
+        ([{"remove": 2, "budget": 10, "name": "../x"}], "plans.0.name"),
+    ],
+)
+def test_plans_say_how_many_go_once_each_at_a_granularity_the_job_has(plans: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_spec({**MINIMAL, "plans": plans})
+
+
+def test_plans_are_named_by_granularity_target_and_size_and_decide_the_fingerprint() -> None:
+    spec = parse_spec(
+        {**MINIMAL, "players": {"granularities": ["block", "sublayer"]}, "plans": [
+            {"remove": 2, "budget": 10},
+            {"granularity": "sublayer", "target": "attn", "remove": 3, "budget": 10},
+            {"granularity": "sublayer", "most": True, "limits": {"wikitext2.neg_loss": 0.1}, "budget": 10},
+        ]}
+    )  # fmt: skip
+    assert [plan.key for plan in spec.plans] == ["block-block-2", "sublayer-attn-3", "sublayer-any-most"]
+    without = parse_spec({**MINIMAL, "players": {"granularities": ["block", "sublayer"]}})
+    assert spec.result_fingerprint() != without.result_fingerprint()
+
+
 def test_local_executor_refuses_an_address() -> None:
     with pytest.raises(ConfigError, match="kind: ray"):
         parse_spec({**MINIMAL, "executor": {"address": "auto"}})

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,18 +57,25 @@ def search_plan(
     method: str = "default",
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool | Control = False,
 ) -> RemovalPlan:
     """Search removal sets of ``problem`` with the searcher ``method`` within ``budget`` distinct reads.
 
-    ``progress`` shows a bar of the reads out of the budget.
+    ``progress`` shows a bar of the reads out of the budget, or is a whole :class:`Control` (bar, progress
+    callback, cancellation check).
     """
     key = SEARCHERS.key(method)
     searcher = SEARCHERS.build(key, params=params)
     game = RemovalGame(problem, evaluator, budget)
-    with evaluator.tracking(Control(progress_bar=progress, total=budget, description=f"plan/{key}")):
+    with evaluator.tracking(plan_control(progress, budget, f"plan/{key}")):
         searcher.search(game, np.random.default_rng(seed))
     return RemovalPlan.from_search(game, method=key, seed=seed, params=dict(params or {}))
+
+
+def plan_control(progress: bool | Control, budget: int, description: str) -> Control:
+    """``progress`` as a Control counting reads out of ``budget`` under ``description``."""
+    control = progress if isinstance(progress, Control) else Control(progress_bar=progress)
+    return dataclasses.replace(control, total=budget, description=description)
 
 
 __all__ = [
@@ -81,5 +89,6 @@ __all__ = [
     "RemovalProblem",
     "Step",
     "greedy_evaluations",
+    "plan_control",
     "search_plan",
 ]

@@ -44,7 +44,8 @@ def plan_most(
     if not first.objective.limits:
         raise ConfigError("'as many as possible' needs a limit: the most a task may lose (e.g. --max-loss task=0.05)")
     game, best = RemovalGame(first, evaluator, budget), None
-    for k in range(1, len(first.candidates) + 1):
+    keeps_one = len(first.candidates) == len(first.player_names)  # a model keeps at least one player
+    for k in range(1, len(first.candidates) + (0 if keeps_one else 1)):
         game.problem = problems(k)
         step_reads = len(first.candidates) - k + 1 + (len(first.candidates) + 1 if k == 1 else 0)
         game.budget = min(budget, game.used + step_reads)

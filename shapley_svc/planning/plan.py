@@ -51,6 +51,7 @@ class RemovalPlan(BaseModel):
     evaluations_computed: int
     path: tuple[tuple[tuple[str, ...], float], ...]
     held_out: tuple[HeldOut, ...] = ()
+    provenance: dict[str, Any] = {}
 
     @classmethod
     def from_search(cls, game: RemovalGame, *, method: str, seed: int, params: dict[str, Any]) -> RemovalPlan:
@@ -76,6 +77,10 @@ class RemovalPlan(BaseModel):
     def with_held_out(self, held_out: tuple[HeldOut, ...]) -> RemovalPlan:
         """This plan with its held-out check."""
         return self.model_copy(update={"held_out": held_out})
+
+    def with_provenance(self, provenance: dict[str, Any]) -> RemovalPlan:
+        """This plan with where it was searched (job, game, set-up), as stored with a job's results."""
+        return self.model_copy(update={"provenance": provenance})
 
     def to_json(self) -> str:
         """Versioned JSON text."""

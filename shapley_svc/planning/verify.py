@@ -30,6 +30,8 @@ def held_out_check(plan: RemovalPlan, problem: RemovalProblem, held_out: Evaluat
         columns.setdefault(name.rsplit("@", 1)[0], []).append(column)
     checks = []
     for task, indices in columns.items():
+        if len(indices) < 2:
+            raise ConfigError(f"held-out task {task} has {len(indices)} item; a paired interval needs at least 2")
         full, kept = values[0, indices], values[1, indices]
         difference, stderr = paired_difference(kept, full)
         margin = t_quantile(0.5 + LEVEL / 2, len(indices) - 1) * stderr

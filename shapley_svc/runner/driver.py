@@ -1,10 +1,12 @@
-"""Jobs: every (granularity, estimator) run of a spec, over one evaluator per game, results in the store.
+"""Jobs: every (granularity, estimator) run of a spec, then its plans, over one evaluator per game.
 
 A job opens (or resumes) its record in the store, starts the executor the spec asks for, builds one
-:class:`~shapley_svc.runner.evaluator.Evaluator` per granularity (so every estimator of a game reads the
-same cached values) and pumps a fresh seeded estimator through each
-:class:`~shapley_svc.runner.estimation.EstimationRun`, reporting progress to the store and stopping when
-the job is cancelled there. Results are stored one ``ShapleyResult`` JSON per task, with their provenance.
+:class:`~shapley_svc.runner.evaluator.Evaluator` per granularity (so every estimator and plan of a game
+reads the same cached values) and pumps a fresh seeded estimator through each
+:class:`~shapley_svc.runner.estimation.EstimationRun`, then searches each plan of that granularity
+(:func:`~shapley_svc.planning.requests.plan_requested`), checked on the held-out game when the spec has
+held-out tasks; progress goes to the store, and the job stops when it is cancelled there. Results are stored
+one ``ShapleyResult`` JSON per task, plans one ``RemovalPlan`` JSON each, with their provenance.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import numpy as np
 from shapley_svc.estimators import check_estimator, make_estimator
 from shapley_svc.estimators.result import ShapleyResult
 from shapley_svc.estimators.stopping import make_stopping_rule, round_hooks
+from shapley_svc.planning import SEARCHERS, Objective
+from shapley_svc.planning.plan import RemovalPlan
+from shapley_svc.planning.requests import plan_requested
 from shapley_svc.runner.estimation import (
     AskTellEstimator,
     EstimationRun,
@@ -29,14 +34,14 @@ from shapley_svc.runner.estimation import (
     StoppingRule,
 )
 from shapley_svc.runner.evaluator import Control, Evaluator, JobCancelledError
-from shapley_svc.runner.executors import Executor, GameInfo, make_executor
-from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec
+from shapley_svc.runner.executors import HELD_OUT, Executor, GameInfo, build_value_function, make_executor
+from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, PlanSpec
 from shapley_svc.store.base import JobNotFoundError, JobRecord, JobStateError, JobStatus, ResultStore
 from shapley_svc.store.sqlite import SQLiteStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobCancelledError", "JobOutcome", "PreparedRun", "RunOutcome", "RunStats", "run_job"]
+__all__ = ["JobCancelledError", "JobOutcome", "PlanOutcome", "PreparedRun", "RunOutcome", "RunStats", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,24 @@ class RunOutcome:
 
 
 @dataclass(frozen=True)
+class PlanOutcome:
+    """One searched plan: its name (the spec's key), granularity and the plan."""
+
+    name: str
+    granularity: str
+    plan: RemovalPlan
+
+
+@dataclass(frozen=True)
 class JobOutcome:
-    """A finished job: its id, status, store path and every run."""
+    """A finished job: its id, status, store path, every run and every plan."""
 
     job_id: str
     status: JobStatus
     store_path: str
     runs: tuple[RunOutcome, ...]
     seconds: float
+    plans: tuple[PlanOutcome, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary: job id, status, store, and per run the counts and why it stopped."""
@@ -84,6 +99,12 @@ class JobOutcome:
                 {"granularity": run.granularity, "estimator": run.estimator, "tasks": sorted(run.results)}
                 | run.stats.as_dict()
                 for run in self.runs
+            ],
+            "plans": [
+                {"name": done.name, "granularity": done.granularity, "removed": list(done.plan.removed)}
+                | {"value": done.plan.value, "evaluations_used": done.plan.evaluations_used}
+                | {"held_out": [check.model_dump() for check in done.plan.held_out]}
+                for done in self.plans
             ],
         }
 
@@ -144,11 +165,12 @@ def run_job(
     try:
         job = _open_job(active_store, spec, job_id, resume)
         job_run = _JobRun(spec, job.id, active_store, estimator_factory or default_estimator_factory, progress_bar)
-        runs = job_run.run_recorded(executor)
+        runs, plans = job_run.run_recorded(executor)
     finally:
         if store is None:
             active_store.close()
-    return JobOutcome(job.id, JobStatus.SUCCEEDED, str(spec.store.path), tuple(runs), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return JobOutcome(job.id, JobStatus.SUCCEEDED, str(spec.store.path), tuple(runs), seconds, tuple(plans))
 
 
 @dataclass
@@ -161,13 +183,13 @@ class _JobRun:
     factory: EstimatorFactory
     progress_bar: bool
 
-    def run_recorded(self, executor: Executor | None) -> list[RunOutcome]:
-        """Every run, the job marked running, then succeeded, failed (with the reason) or cancelled."""
+    def run_recorded(self, executor: Executor | None) -> tuple[list[RunOutcome], list[PlanOutcome]]:
+        """Every run and plan, the job marked running, then succeeded, failed (with the reason) or cancelled."""
         store, job_id = self.store, self.job_id
         try:
             # only from a runnable status: a cancel landing between the caller's last read and this write wins
             store.update_job(job_id, status=JobStatus.RUNNING, progress={"runs": []}, only_from=_RESUMABLE)
-            runs = self.run_all(executor)
+            runs, plans = self.run_all(executor)
             store.update_job(job_id, status=JobStatus.SUCCEEDED, only_from=[JobStatus.RUNNING])
         except JobCancelledError:
             raise
@@ -177,34 +199,73 @@ class _JobRun:
             reason = "interrupted; continue it with --resume" if isinstance(error, KeyboardInterrupt) else str(error)
             store.update_job(job_id, status=JobStatus.FAILED, error=f"{type(error).__name__}: {reason}")
             raise
-        return runs
+        return runs, plans
 
-    def run_all(self, executor: Executor | None) -> list[RunOutcome]:
-        """One evaluator per granularity, shared by that game's estimator runs; the executor closed if ours."""
+    def run_all(self, executor: Executor | None) -> tuple[list[RunOutcome], list[PlanOutcome]]:
+        """One evaluator per granularity, shared by that game's estimator runs and plans; the executor closed
+        if ours."""
         active = executor if executor is not None else make_executor(self.spec)
         runs: list[RunOutcome] = []
+        plans: list[PlanOutcome] = []
         try:
             games = active.games()
             for granularity in self.spec.players.granularities:
-                evaluator = Evaluator(
-                    active,
-                    self.store,
-                    games[granularity],
-                    chunk_size=self.spec.executor.chunk_size,
-                    reuse_across_setups=self.spec.store.reuse_across_setups,
-                )
+                evaluator = self.evaluator(active, games[granularity])
                 runs.extend(self.run_one(estimator, evaluator, runs) for estimator in self.spec.estimators)
+                held_out = self.evaluator(active, games[granularity + HELD_OUT]) if self.spec.held_out else None
+                for request in self.spec.plans:
+                    if request.granularity.value == granularity:
+                        plans.append(self.plan_one(request, evaluator, held_out, runs, plans))
         finally:
             if executor is None:
                 active.close()
-        return runs
+        return runs, plans
+
+    def evaluator(self, executor: Executor, game: GameInfo) -> Evaluator:
+        """The evaluator of one of the executor's games, under the spec's chunking and cache settings."""
+        return Evaluator(
+            executor,
+            self.store,
+            game,
+            chunk_size=self.spec.executor.chunk_size,
+            reuse_across_setups=self.spec.store.reuse_across_setups,
+        )
+
+    def plan_one(
+        self,
+        request: PlanSpec,
+        evaluator: Evaluator,
+        held_out: Evaluator | None,
+        runs: list[RunOutcome],
+        done: list[PlanOutcome],
+    ) -> PlanOutcome:
+        """One plan searched on the game's cached values (checked on held-out data if any), stored by name."""
+        progress = {"runs": _runs_progress(runs), "plans": [outcome.name for outcome in done]}
+
+        def on_progress() -> None:
+            current = {"plan": request.key, "budget": request.budget}
+            self.store.update_job(self.job_id, progress=progress | {"current": current}, only_from=[JobStatus.RUNNING])
+
+        control = Control(
+            self.progress_bar, on_progress=on_progress, should_cancel=self.cancelled, description=request.key
+        )
+        plan = plan_requested(request, evaluator, held_out=held_out, progress=control)
+        provenance = {"job_id": self.job_id, "plan": request.key, "game": evaluator.game.fingerprint}
+        plan = plan.with_provenance(provenance | evaluator.provenance())
+        self.store.put_plan(self.job_id, name=request.key, granularity=evaluator.game.key, plan_json=plan.to_json())
+        self.store.update_job(self.job_id, progress=progress | {"plans": [*progress["plans"], request.key]})
+        return PlanOutcome(request.key, evaluator.game.key, plan)
+
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled in the store (checked between chunks)."""
+        return self.store.get_job(self.job_id).status is JobStatus.CANCELLED
 
     def run_one(self, estimator_spec: EstimatorSpec, evaluator: Evaluator, done: list[RunOutcome]) -> RunOutcome:
         """One (granularity, estimator) run: a fresh seeded estimator pumped to the end, its results stored."""
         game, budget = evaluator.game, self.spec.budget
         prepared = self.factory(estimator_spec, game, budget)
         label = f"{game.key}/{estimator_spec.key}"
-        finished = [{"granularity": run.granularity, "estimator": run.estimator} | run.stats.as_dict() for run in done]
+        finished = _runs_progress(done)
         run = EstimationRun(
             prepared.estimator,
             evaluator,
@@ -223,10 +284,7 @@ class _JobRun:
                 only_from=[JobStatus.RUNNING],
             )
 
-        def should_cancel() -> bool:
-            return self.store.get_job(self.job_id).status is JobStatus.CANCELLED
-
-        control = Control(self.progress_bar, description=label, on_progress=on_progress, should_cancel=should_cancel)
+        control = Control(self.progress_bar, description=label, on_progress=on_progress, should_cancel=self.cancelled)
         stats = run.run(control)
         provenance = {"job_id": self.job_id, "run": label} | evaluator.provenance()
         results = results_per_task(prepared.estimator.result(), game, provenance=provenance)
@@ -241,6 +299,11 @@ class _JobRun:
             },
         )
         return RunOutcome(game.key, estimator_spec.key, stats, results)
+
+
+def _runs_progress(runs: list[RunOutcome]) -> list[dict[str, Any]]:
+    """The finished runs as the job's progress reports them."""
+    return [{"granularity": run.granularity, "estimator": run.estimator} | run.stats.as_dict() for run in runs]
 
 
 def results_per_task(result: ShapleyResult, game: GameInfo, provenance: dict[str, Any]) -> dict[str, str]:
@@ -283,7 +346,13 @@ def default_estimator_factory(spec: EstimatorSpec, game: GameInfo, budget: Budge
 
 
 def check_job(spec: JobSpec) -> None:
-    """Fail before any model loads on an unknown estimator, estimator parameter or stopping rule of ``spec``."""
+    """Fail before any model loads on an unknown estimator, estimator parameter or stopping rule of ``spec``,
+    or a plan whose searcher, options or objective tasks are unknown."""
     for estimator in spec.estimators:
         check_estimator(estimator.name, estimator.params)
     make_stopping_rule(spec.budget.stopping)
+    if spec.plans:
+        task_names = build_value_function(tuple(spec.tasks)).task_names
+        for request in spec.plans:
+            SEARCHERS.build(SEARCHERS.key(request.method), params=request.params)
+            Objective(dict(request.objective or {task_names[0]: 1.0}), dict(request.limits)).checked(task_names)

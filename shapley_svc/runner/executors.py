@@ -117,6 +117,7 @@ class WorkerSetup:
             granularities=tuple(spec.players.granularities),
             tasks=tuple(spec.tasks),
             threads=spec.executor.threads_per_worker,
+            held_out=tuple(spec.held_out),
         )
 
 

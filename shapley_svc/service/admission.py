@@ -253,12 +253,15 @@ def _check_executor(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
 
 
 def _check_budget(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
+    """The estimators' budget on every granularity and every plan's budget, together within the limit."""
     runs = len(spec.players.granularities) * len(spec.estimators)
-    total = spec.budget.evaluations * runs
+    planned = sum(plan.budget for plan in spec.plans)
+    total = spec.budget.evaluations * runs + planned
     if total > admission.policy.max_evaluations:
         message = (
-            f"{spec.budget.evaluations} evaluations x {runs} run(s) (granularities x estimators) = {total}, over "
-            f"this server's limit of {admission.policy.max_evaluations} per job"
+            f"{spec.budget.evaluations} evaluations x {runs} run(s) (granularities x estimators)"
+            + (f" + {planned} for plans" if planned else "")
+            + f" = {total}, over this server's limit of {admission.policy.max_evaluations} per job"
         )
         yield Violation(("budget", "evaluations"), "max_evaluations", message)
     try:
@@ -283,6 +286,32 @@ def _check_tasks(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
         yield from _check_task(admission, task, ("tasks", index))
 
 
+def _check_plans(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
+    """Each plan's searcher and its options known (its budget counts in ``_check_budget``)."""
+    from shapley_svc.planning import SEARCHERS
+
+    for index, plan in enumerate(spec.plans):
+        try:
+            SEARCHERS.build(SEARCHERS.key(plan.method), params=plan.params)
+        except ConfigError as error:
+            yield Violation(("plans", index), "known_names", str(error))
+        except Exception as error:  # options from JSON may break a constructor in any way
+            yield Violation(("plans", index, "params"), "parameters", str(error) or type(error).__name__)
+
+
+def _check_held_out(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
+    """Held-out tasks checked like tasks (and counted with them); lm-eval tasks are not served held out."""
+    if len(spec.tasks) + len(spec.held_out) > admission.policy.max_tasks:
+        message = f"{len(spec.tasks)} tasks and {len(spec.held_out)} held out, over this server's limit of "
+        yield Violation(("held_out",), "max_tasks", message + f"{admission.policy.max_tasks} per job")
+    for index, task in enumerate(spec.held_out):
+        if _is_lm_eval(task.name):
+            message = "lm-eval tasks are not served as held-out tasks; hold out windows or items of a built-in task"
+            yield Violation(("held_out", index, "name"), "known_names", message)
+        else:
+            yield from _check_task(admission, task, ("held_out", index))
+
+
 SECTION_CHECKS: dict[str, SectionCheck] = {
     "version": _nothing_to_check,
     "name": _nothing_to_check,  # a label, bounded by max_request_bytes
@@ -293,6 +322,8 @@ SECTION_CHECKS: dict[str, SectionCheck] = {
     "budget": _check_budget,
     "executor": _check_executor,
     "store": _nothing_to_check,  # never opened: the server runs every job on its own store
+    "plans": _check_plans,
+    "held_out": _check_held_out,
 }
 """One check per JobSpec section; a section missing here is refused (see the module docstring)."""
 

@@ -31,6 +31,7 @@ from shapley_svc.service.schemas import (
     JobDetail,
     JobInfo,
     JobList,
+    JobPlans,
     JobResults,
     Level,
     Order,
@@ -192,6 +193,10 @@ class Client:
         """Every result the job has stored so far."""
         return self._request("GET", f"/v1/jobs/{job_id}/results", JobResults)
 
+    def plans(self, job_id: str) -> JobPlans:
+        """Every plan the job has stored so far (``.as_dataframe()``; ``.plans[i].removal_plan()`` to prune)."""
+        return self._request("GET", f"/v1/jobs/{job_id}/plans", JobPlans)
+
     def ranking(
         self,
         job_id: str,
@@ -262,6 +267,10 @@ class JobHandle:
     def result(self) -> JobResults:
         """Every result of the job (those finished so far while it runs)."""
         return self.client.results(self.id)
+
+    def plans(self) -> JobPlans:
+        """Every plan of the job (those searched so far while it runs)."""
+        return self.client.plans(self.id)
 
     def ranking(
         self,

@@ -242,6 +242,14 @@ def get_results(stored: StoredResults) -> schemas.JobResults:
     return schemas.JobResults(job_id=job.id, status=job.status, results=entries)
 
 
+@_result_routes.get("/plans")
+def get_plans(store: StoreDep, job_id: _JOB_ID) -> schemas.JobPlans:
+    """Every stored plan of the job: the players each removes, its value, reads and held-out check."""
+    job = store.get_job(job_id)
+    entries = [views.plan_entry(record) for record in store.get_plans(job_id)]
+    return schemas.JobPlans(job_id=job.id, status=job.status, plans=entries)
+
+
 @_result_routes.get("/ranking", responses=_RANKING_ERRORS)
 def get_ranking(
     stored: StoredResults,

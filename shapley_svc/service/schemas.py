@@ -18,6 +18,8 @@ from shapley_svc.store.base import JobStatus
 if TYPE_CHECKING:
     import pandas as pd
 
+    from shapley_svc.planning.plan import RemovalPlan
+
 Level = Granularity
 Order = Literal["asc", "desc"]
 
@@ -126,6 +128,47 @@ class JobResults(_Response):
                 )
             ),
         )
+
+
+class PlanEntry(_Response):
+    """One stored plan of a job: its name, the players it removes, what they cost, and the whole plan."""
+
+    name: str = Field(description="the plan's name in the spec (granularity-target-size unless named)")
+    granularity: Level
+    method: str
+    k: int
+    removed: list[str]
+    value: float = Field(description="the objective with the plan's players removed, on the calibration data")
+    evaluations_used: int
+    plan: dict[str, JsonValue] = Field(description="the RemovalPlan JSON (shapley-svc prune --plan takes it)")
+    created_at: datetime
+
+    def removal_plan(self) -> RemovalPlan:
+        """The plan as a :class:`~shapley_svc.planning.plan.RemovalPlan` (e.g. to prune with it)."""
+        from shapley_svc.planning.plan import RemovalPlan
+
+        return RemovalPlan.model_validate(self.plan)
+
+
+class JobPlans(_Response):
+    """Every plan a job has stored so far (its plans run after its estimators)."""
+
+    job_id: str
+    status: JobStatus
+    plans: list[PlanEntry]
+
+    def as_dataframe(self) -> pd.DataFrame:
+        """One row per (plan, held-out task): players removed, calibration value, held-out difference and
+        its 95% interval (None where the plan has no held-out check)."""
+        rows = []
+        for entry in self.plans:
+            head = (entry.name, entry.granularity.value, entry.method, entry.k, ", ".join(entry.removed), entry.value)
+            checks = entry.removal_plan().held_out or (None,)
+            for check in checks:
+                held = (None,) * 4 if check is None else (check.task, check.difference, check.low, check.high)
+                rows.append((*head, entry.evaluations_used, *held))
+        columns = ("plan", "granularity", "method", "k", "removed", "value", "evaluations_used")
+        return _frame((*columns, "held_out_task", "held_out_difference", "low", "high"), rows)
 
 
 class RankedPlayer(_Response):

@@ -27,6 +27,7 @@ from shapley_svc.service.schemas import (
     JobProgress,
     Level,
     Order,
+    PlanEntry,
     RankedPlayer,
     RankingView,
     RankMove,
@@ -36,7 +37,7 @@ from shapley_svc.service.schemas import (
 )
 from shapley_svc.spec import JobSpec
 from shapley_svc.stats import kendall_tau_b, spearman
-from shapley_svc.store.base import JobRecord, JobStatus, ResultRecord
+from shapley_svc.store.base import JobRecord, JobStatus, PlanRecord, ResultRecord
 
 if TYPE_CHECKING:
     from shapley_svc.service.admission import Admission
@@ -122,6 +123,15 @@ class Disclosure:
         return redact(job.error, sent=_strings(self.spec(job)), private=self.private)
 
 
+def _current_run(current: dict[str, Any] | None) -> str | None:
+    """``granularity/estimator`` of the run in progress, or ``plan/name`` while a plan is searched."""
+    if current is None:
+        return None
+    if "plan" in current:
+        return f"plan/{current['plan']}"
+    return f"{current.get('granularity')}/{current.get('estimator')}"
+
+
 def job_progress(job: JobRecord) -> JobProgress:
     """Progress of ``job`` from its spec (runs x budget) and the driver's progress report."""
     try:
@@ -145,7 +155,7 @@ def job_progress(job: JobRecord) -> JobProgress:
     return JobProgress(
         runs_done=min(len(runs), runs_total),
         runs_total=runs_total,
-        current_run=f"{current.get('granularity')}/{current.get('estimator')}" if current else None,
+        current_run=_current_run(current),
         evaluations_done=done,
         evaluations_total=total,
         cache_hits=cache_hits,
@@ -194,6 +204,22 @@ def result_entry(record: ResultRecord) -> ResultEntry:
         v_empty=finite_or_none(data["v_empty"][0]),
         seed=int(data["seed"]),
         params=_json_safe(data.get("params", {})),
+        created_at=record.created_at,
+    )
+
+
+def plan_entry(record: PlanRecord) -> PlanEntry:
+    """One stored RemovalPlan as an API entry."""
+    data = _json_safe(json.loads(record.plan_json))
+    return PlanEntry(
+        name=record.name,
+        granularity=record.granularity,
+        method=str(data["method"]),
+        k=int(data["k"]),
+        removed=list(data["removed"]),
+        value=float(data["value"]),
+        evaluations_used=int(data["evaluations_used"]),
+        plan=data,
         created_at=record.created_at,
     )
 

@@ -327,3 +327,55 @@ def test_values_cached_under_another_setup_are_recomputed_unless_reuse_is_asked_
     assert [run.stats.evaluated for run in lenient.runs] == [0, 0]
     reused = json.loads(lenient.runs[1].results["wikitext2.neg_loss"])["params"]["provenance"]
     assert reused["reused_across_setups"] == {"values": 256, "setups": [{"device": "cuda", "dtype": "bfloat16"}]}
+
+
+def test_a_jobs_plans_read_the_estimators_cached_values_and_are_checked_on_held_out_windows(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite").model_copy(deep=True)
+    task = spec.tasks[0].params
+    held_out = {**task, "first_window": task["windows"], "windows": 3, "windows_per_batch": 1}
+    spec = parse_spec(
+        spec.model_dump(mode="json")
+        | {
+            "plans": [
+                {"remove": 2, "budget": 20, "method": "greedy"},
+                {"granularity": "sublayer", "target": "attn", "remove": 2, "budget": 20},
+                {"granularity": "sublayer", "most": True, "limits": {"wikitext2.neg_loss": 0.05}, "budget": 60},
+            ],
+            "held_out": [{"name": "lm_loss", "params": held_out}],
+        }
+    )
+    seen: list[bytes] = []
+    outcome = run_job(spec, estimator_factory=exact_factory(), executor=counting_executor(spec, seen), progress_bar=False)
+    assert [plan.name for plan in outcome.plans] == ["block-block-2", "sublayer-attn-2", "sublayer-any-most"]
+    exact = build_games(WorkerSetup.from_spec(spec))
+    for done in outcome.plans:
+        plan = done.plan
+        assert plan.evaluations_computed == 0, "every removal set was cached by the exact estimator"
+        game = exact[done.granularity]
+        names = list(game.player_names)
+        full, kept = np.ones((1, len(names)), dtype=bool), np.ones((1, len(names)), dtype=bool)
+        kept[0, [names.index(name) for name in plan.removed]] = False
+        np.testing.assert_allclose(plan.value, game(kept)[0, 0], rtol=1e-6)
+        (check,) = plan.held_out
+        assert check.items == 3 and check.task == "wikitext2.neg_loss"
+        windows = exact[done.granularity + ".held_out"]
+        np.testing.assert_allclose(check.difference, (windows(kept) - windows(full)).mean(), rtol=1e-5, atol=1e-7)
+    most = outcome.plans[2].plan
+    assert most.task_values["wikitext2.neg_loss"] >= exact["sublayer"](np.ones((1, 8), dtype=bool))[0, 0] - 0.05
+    with SQLiteStore(spec.store.path) as store:
+        stored_plans = {record.name: json.loads(record.plan_json) for record in store.get_plans(outcome.job_id)}
+    assert stored_plans["block-block-2"]["removed"] == list(outcome.plans[0].plan.removed)
+    assert stored_plans["block-block-2"]["provenance"]["job_id"] == outcome.job_id
+    assert outcome.summary()["plans"][0]["name"] == "block-block-2"
+
+
+def test_a_plan_naming_an_unknown_task_or_searcher_fails_before_any_model_loads(tmp_path: Path) -> None:
+    base = job_spec(tmp_path / "no-such-model", tmp_path / "s.sqlite").model_dump(mode="json")
+    for plan, message in (
+        ({"remove": 1, "budget": 5, "method": "simulated_annealing"}, "did you mean|unknown"),
+        ({"remove": 1, "budget": 5, "objective": {"mmlu.p_correct": 1.0}}, "not among the game's tasks"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            run_job(parse_spec(base | {"plans": [plan]}), progress_bar=False)

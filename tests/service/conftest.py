@@ -24,9 +24,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> I
 
 @pytest.fixture(scope="session")
 def finished_job(server: ThreadServer, tiny_checkpoint: Path) -> JobHandle:
-    """A job on the live server with two tasks at both granularities, run to the end."""
+    """A job on the live server with two tasks at both granularities and a block plan, run to the end."""
     client = server.client()
-    job = client.submit(job_spec(tiny_checkpoint, name="two tasks", granularities=("block", "sublayer")))
+    job = client.submit(job_spec(tiny_checkpoint, name="two tasks", granularities=("block", "sublayer"), plans=True))
     final = job.wait(progress=False, poll_interval=0.2, timeout=240)
     assert final.status is JobStatus.SUCCEEDED, final.error
     return job

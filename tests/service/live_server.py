@@ -202,8 +202,10 @@ def job_spec(
     arc: bool = True,
     windows: int = 2,
     first_window: int = 0,
+    plans: bool = False,
 ) -> dict[str, Any]:
-    """A job on the tiny model: exact Shapley values of WikiText-2 loss (and ARC-Easy p_correct)."""
+    """A job on the tiny model: exact Shapley values of WikiText-2 loss (and ARC-Easy p_correct); with ``plans``
+    the best 2 blocks to remove, checked on the 3 WikiText-2 windows after the job's."""
     data_dir = str(default_data_dir())
     tasks: list[dict[str, Any]] = [
         {
@@ -219,7 +221,12 @@ def job_spec(
     ]
     if arc:
         tasks.append({"name": "arc_easy", "params": {"data_dir": data_dir, "limit": 2, "metrics": ["p_correct"]}})
-    return {
+    planned: dict[str, Any] = {}
+    if plans:
+        held_out = tasks[0]["params"] | {"first_window": first_window + windows, "windows": 3, "windows_per_batch": 1}
+        planned["plans"] = [{"remove": 2, "budget": 12, "method": "greedy"}]
+        planned["held_out"] = [{"name": "lm_loss", "params": held_out}]
+    return planned | {
         "name": name,
         "model": {"name": str(checkpoint), "dtype": "float32"},
         "players": {"granularities": list(granularities)},

@@ -171,6 +171,30 @@ def test_bad_task_and_estimator_parameters_are_refused_before_anything_runs() ->
     }
 
 
+def test_plans_and_held_out_tasks_fall_under_the_policy() -> None:
+    held_out = {"name": "lm_loss", "params": {"windows": 2, "first_window": 2, "windows_per_batch": 1}}
+    admitted = spec(plans=[{"remove": 2, "budget": 30, "method": "greedy"}], held_out=[held_out])
+    assert refusals(Admission(), admitted) == {}
+    job = spec(
+        plans=[
+            {"remove": 2, "budget": 19_990, "method": "simulated_annealing"},
+            {"remove": 3, "budget": 10, "method": "beam", "params": {"width": "wide"}},
+        ],
+        held_out=[
+            {"name": "lm_loss", "params": {"data_dir": "/tmp", "window": 8192}},
+            {"name": "lm_eval:arc_easy"},
+        ],
+    )
+    assert refusals(Admission(), job) == {
+        "budget.evaluations": "max_evaluations",  # 64 for the estimator + 20 000 for the plans
+        "plans.0": "known_names",
+        "plans.1": "known_names",  # an option the searcher does not take as given
+        "held_out.0.params.data_dir": "data_roots",
+        "held_out.0.params.window": "max_sequence_tokens",
+        "held_out.1.name": "known_names",
+    }
+
+
 def test_parameters_of_the_wrong_type_are_refused_not_crashed_on() -> None:
     job = spec(
         tasks=[

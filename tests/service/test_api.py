@@ -22,6 +22,7 @@ from live_server import (
 )
 from scipy import stats
 
+from shapley_svc.planning.plan import RemovalPlan
 from shapley_svc.service import (
     AuthenticationError,
     Client,
@@ -33,11 +34,12 @@ from shapley_svc.service import (
 from shapley_svc.service.app import create_app
 from shapley_svc.service.settings import ServiceSettings
 from shapley_svc.store.base import JobStatus
+from shapley_svc.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
 WRITES = [("POST", "/v1/jobs"), ("POST", "/v1/jobs/some-id/cancel")]
-READS = ["", "/results", "/ranking", "/compare"]
+READS = ["", "/results", "/plans", "/ranking", "/compare"]
 
 
 @pytest.mark.parametrize("body", [b"{not json", b'{"tasks": 5}', b""])
@@ -158,6 +160,23 @@ def test_a_job_runs_to_the_end_and_stores_exact_values_per_task_and_level(finish
         assert sum(entry.values) == pytest.approx(entry.v_full - entry.v_empty, abs=1e-9)  # efficiency
     frame = results.as_dataframe()
     assert len(frame) == 2 * (4 + 8) and set(frame["task"]) == {WIKITEXT, ARC}
+
+
+def test_a_stored_plan_round_trips_through_the_api_and_client(server: ThreadServer, finished_job: JobHandle) -> None:
+    (entry,) = finished_job.plans().plans
+    with SQLiteStore(server.store) as store:
+        (record,) = store.get_plans(finished_job.id)
+    assert entry.removal_plan() == RemovalPlan.from_json(record.plan_json)
+    plan = entry.removal_plan()
+    assert (entry.name, entry.granularity, entry.k, plan.method) == ("block-block-2", "block", 2, "greedy")
+    assert len(set(plan.removed)) == 2 and set(plan.removed) <= {f"layer{i}.block" for i in range(4)}
+    assert plan.evaluations_computed == 0, "the plan read the exact estimator's cached values"
+    assert plan.provenance["job_id"] == finished_job.id
+    (check,) = plan.held_out
+    assert check.items == 3 and check.low <= check.difference <= check.high
+    frame = finished_job.plans().as_dataframe()
+    assert frame.loc[0, ["plan", "k", "held_out_task"]].tolist() == ["block-block-2", 2, WIKITEXT]
+    assert finished_job.status().progress.runs_done == 2
 
 
 def test_ranking_orders_players_by_value_with_stderr_and_top_k(finished_job: JobHandle) -> None:
