@@ -78,6 +78,22 @@ def lm_task(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     return {"name": "lm_loss", "params": params | overrides}
 
 
+def add_held_out_option(parser: argparse.ArgumentParser) -> None:
+    """Add --held-out-windows: how many windows after the calibration ones check a plan."""
+    parser.add_argument(
+        "--held-out-windows",
+        type=int,
+        default=None,
+        help="held-out windows after the calibration ones, on which plans are checked (default: --windows, at least 2)",
+    )
+
+
+def held_out_task(args: argparse.Namespace) -> dict[str, Any]:
+    """The held-out ``lm_loss`` task: the windows after the calibration ones, one per batch (valued apart)."""
+    windows = args.held_out_windows or max(2, args.windows)
+    return lm_task(args, windows=windows, first_window=args.windows, windows_per_batch=1)
+
+
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     """The executor section the options describe: in process, or a Ray pool with one GPU per worker on CUDA."""
     executor: dict[str, Any] = {"kind": args.executor}

@@ -21,7 +21,9 @@ from typing import Any
 
 from shapley_svc.cli.game_options import (
     add_game_options,
+    add_held_out_option,
     executor_options,
+    held_out_task,
     lm_task,
     resolve_defaults,
     store_path,
@@ -54,12 +56,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--params", type=json.loads, default=None, help="the searcher's options as JSON, e.g. '{\"batch\": 4}'"
     )
-    parser.add_argument(
-        "--held-out-windows",
-        type=int,
-        default=None,
-        help="held-out windows after the calibration ones (default: --windows)",
-    )
+    add_held_out_option(parser)
     parser.add_argument("--out", default=None, help="also write the plan JSON to this file")
     parser.set_defaults(handler=run)
 
@@ -133,14 +130,11 @@ def _worker_setup(args: argparse.Namespace) -> Any:
     from shapley_svc.runner.executors import WorkerSetup
     from shapley_svc.spec import ModelSpec, TaskSpec
 
-    held_out = lm_task(
-        args, windows=args.held_out_windows or args.windows, first_window=args.windows, windows_per_batch=1
-    )
     return WorkerSetup(
         model=ModelSpec(name=args.model, dtype=args.dtype, device=args.device),
         granularities=(args.granularity,),
         tasks=(TaskSpec.model_validate(lm_task(args)),),
-        held_out=(TaskSpec.model_validate(held_out),),
+        held_out=(TaskSpec.model_validate(held_out_task(args)),),
     )
 
 

@@ -1,9 +1,11 @@
-"""`shapley-svc run`: the main job. Shapley values, leave-one-out and static metrics of one model's players.
+"""`shapley-svc run`: the main job. Shapley values, leave-one-out and static metrics of one model's players,
+and the recommended plan for removing a few k of them.
 
-It builds a job spec from the options (one language-modelling task, the default estimator and leave-one-out),
-runs it through the distributed runner (a local Ray pool by default, every value cached in the store), computes
-the static metrics in this process, then prints one ranking table and writes every ranking as a versioned
-RankingSet JSON file. Run twice, the second run is served from the value cache.
+It builds a job spec from the options (one language-modelling task, the default estimator and leave-one-out,
+then a plan per k of ``--plans`` checked on held-out windows), runs it through the distributed runner (a local
+Ray pool by default, every value cached in the store), computes the static metrics in this process, then
+prints one ranking table and the plans, and writes every ranking as a versioned RankingSet JSON file. Run
+twice, the second run is served from the value cache.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 from shapley_svc.cli.game_options import (
     DEFAULT_OUT_DIR,
     add_game_options,
+    add_held_out_option,
     executor_options,
+    held_out_task,
     lm_task,
     resolve_defaults,
     store_path,
@@ -25,6 +29,7 @@ from shapley_svc.cli.game_options import (
 
 DEFAULT_BUDGET_PER_PLAYER = 5
 SHAPLEY_LABEL = "shapley"
+DEFAULT_PLANS = "2,4"
 
 
 class _DefaultsWhereKnown(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,14 +61,55 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--out", default=None, help="RankingSet JSON to write (default runs/<model>-<granularity>-rankings.json)"
     )
+    parser.add_argument(
+        "--plans",
+        type=plan_sizes,
+        default=DEFAULT_PLANS,
+        metavar="K,K",
+        help="how many players the recommended plans remove ('none': no plans); each searched by the default "
+        "searcher on half of greedy search's reads (at least players + 2), reusing the job's cached values",
+    )
+    add_held_out_option(parser)
     parser.set_defaults(handler=run)
 
 
+def plan_sizes(text: str) -> tuple[int, ...]:
+    """``2,4`` as (2, 4); ``none`` as ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give counts like 2,4 or 'none', not {text!r}") from None
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"each count must be at least 1, got {text!r}")
+    return sizes
+
+
+def plan_requests(sizes: tuple[int, ...], n_players: int, granularity: str) -> list[dict[str, Any]]:
+    """One default-searcher plan per size below ``n_players``, on half of greedy's reads (at least n + 2)."""
+    from shapley_svc.planning import greedy_evaluations
+
+    target = "block" if granularity == "block" else "any"
+    return [
+        {
+            "granularity": granularity,
+            "target": target,
+            "remove": k,
+            "budget": max(greedy_evaluations(n_players, k) // 2, n_players + 2),
+        }
+        for k in sorted(set(sizes))
+        if k < n_players
+    ]
+
+
 def build_spec(args: argparse.Namespace, n_players: int) -> Any:
-    """The job spec the options describe: one lm_loss task, the Shapley estimator and leave-one-out."""
+    """The job spec the options describe: one lm_loss task, the Shapley estimator and leave-one-out, then the
+    plans of ``--plans`` checked on the held-out windows."""
     from shapley_svc.spec import parse_spec
 
     budget = args.budget or DEFAULT_BUDGET_PER_PLAYER * n_players
+    plans = plan_requests(args.plans, n_players, args.granularity)
     return parse_spec(
         {
             "name": f"shapley-svc run {args.model}",
@@ -77,7 +123,8 @@ def build_spec(args: argparse.Namespace, n_players: int) -> Any:
             "budget": {"evaluations": max(budget, n_players + 1)},
             "executor": executor_options(args),
             "store": {"path": store_path(args), "reuse_across_setups": args.reuse_across_setups},
-        },
+        }
+        | ({"plans": plans, "held_out": [held_out_task(args)]} if plans else {}),
         source="run options",
     )
 
@@ -111,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rankings, shapley))
     task = shapley.task_names[0]
     print(f"v(all players) = {shapley.v_full[0]:.4f}, v(none) = {shapley.v_empty[0]:.4f} ({task})")
+    if outcome.plans:
+        print(format_plans([done.plan for done in outcome.plans], shapley.v_full[0]))
     print(f"rankings written to {out_path}; values cached in {spec.store.path}")
     print(json.dumps(outcome.summary() | {"rankings": str(out_path)}))
     return 0
@@ -160,6 +209,19 @@ def estimated_rankings(results: dict[str, Any], granularity: str, model_fingerpr
             metadata={"job_id": job_id},
         ),
     ]
+
+
+def format_plans(plans: list[Any], full_value: float) -> str:
+    """The recommended plans: players removed, the loss on the calibration windows, and on held-out windows
+    against the full model with its 95% interval."""
+    lines = ["recommended plans (remove these; loss change: calibration, held-out [95% interval] over windows):"]
+    for plan in plans:
+        change = f"{full_value - plan.value:+.4f}"
+        for check in plan.held_out:
+            change += f", held-out {-check.difference:+.4f} [{-check.high:+.4f}, {-check.low:+.4f}] over {check.items}"
+        reads = f"{plan.evaluations_used} reads, {plan.evaluations_computed} computed"
+        lines.append(f"  k={plan.k}: {', '.join(plan.removed)}  ({change}; {reads})")
+    return "\n".join(lines)
 
 
 def format_table(rankings: list[Any], shapley: Any) -> str:

@@ -103,6 +103,7 @@ class JobOutcome:
             "plans": [
                 {"name": done.name, "granularity": done.granularity, "removed": list(done.plan.removed)}
                 | {"value": done.plan.value, "evaluations_used": done.plan.evaluations_used}
+                | {"evaluations_computed": done.plan.evaluations_computed}
                 | {"held_out": [check.model_dump() for check in done.plan.held_out]}
                 for done in self.plans
             ],

@@ -47,6 +47,31 @@ def test_run_writes_every_ranking_and_caches_values(
     )
 
 
+def test_run_prints_the_recommended_plan_checked_on_held_out_windows_and_reruns_it_from_cache(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "run", "--model", str(tiny_checkpoint), "--dtype", "float32", "--executor", "local", "--corpus", "lambada",
+        "--windows", "2", "--window", "32", "--budget", "12", "--store", str(tmp_path / "s.sqlite"),
+        "--out", str(tmp_path / "r.json"), "--no-progress", "--plans", "1,2,4", "--held-out-windows", "3",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert [plan["name"] for plan in summary["plans"]] == ["block-block-1", "block-block-2"], "k < players only"
+    for plan in summary["plans"]:
+        (check,) = plan["held_out"]
+        assert check["items"] == 3 and check["task"] == "lambada.neg_loss"
+        assert f"k={len(plan['removed'])}: {', '.join(plan['removed'])}" in out
+    assert "recommended plans" in out and "held-out" in out
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [plan["removed"] for plan in again["plans"]] == [plan["removed"] for plan in summary["plans"]]
+    assert all(plan["evaluations_computed"] == 0 for plan in again["plans"])
+    with pytest.raises(SystemExit):
+        main([*args[:-4], "--plans", "two"])
+
+
 def test_run_refuses_an_unknown_estimator_in_one_line(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,5 @@
-"""`shapley-svc run` end to end on its default executor, a local Ray pool, against the in-process executor.
+"""`shapley-svc run` end to end on its default executor, a local Ray pool, against the in-process executor:
+the same rankings and the same recommended plans.
 
 Both runs are the installed ``shapley-svc`` command in a fresh process, on a tiny saved model, each with its own
 store and rankings file; with the same seed the values must not depend on where they were computed.
@@ -52,6 +53,13 @@ def test_run_on_its_default_local_ray_pool_gives_the_in_process_values(tiny_chec
     assert executor["num_workers"] == min(4, os.cpu_count() or 1)
     assert [run["evaluated"] for run in on_ray["runs"]] == [run["evaluated"] for run in in_process["runs"]]
     assert on_ray["runs"][0]["evaluated"] > 0, "the Shapley run evaluates on the pool (leave-one-out may all be cached)"
+    assert [plan["name"] for plan in on_ray["plans"]] == ["block-block-2"]  # the default plans below 4 players
+    for ray_plan, local_plan in zip(on_ray["plans"], in_process["plans"], strict=True):
+        assert ray_plan["removed"] == local_plan["removed"]
+        assert ray_plan["evaluations_used"] == local_plan["evaluations_used"]
+        np.testing.assert_allclose(ray_plan["value"], local_plan["value"], rtol=1e-6)
+        ray_check, local_check = ray_plan["held_out"][0], local_plan["held_out"][0]
+        np.testing.assert_allclose(ray_check["difference"], local_check["difference"], rtol=1e-5, atol=1e-9)
 
     rankings = {
         where: RankingSet.load(Path(summary["rankings"]) if Path(summary["rankings"]).is_absolute()

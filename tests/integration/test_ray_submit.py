@@ -37,6 +37,7 @@ import yaml
 
 from shapley_svc.data.corpus import default_data_dir
 from shapley_svc.model.loading import tiny_model
+from shapley_svc.planning.plan import RemovalPlan
 from shapley_svc.runner.driver import run_job
 from shapley_svc.spec import JobSpec, dump_spec, load_spec, parse_spec
 from shapley_svc.store import JobStatus, SQLiteStore
@@ -169,7 +170,8 @@ def test_ray_job_submit_runs_a_spec_and_writes_the_store(head: Head, ray_env: di
 def cpu_twin(gpu: JobSpec, model_dir: Path, store: Path) -> JobSpec:
     """``gpu`` with only what a GPU cluster has swapped out: a tiny model on CPU actors, local data, a small budget.
 
-    Players, task names, estimators (with their seeds) and stopping rules stay as the GPU spec has them.
+    Players, task names, estimators (with their seeds), stopping rules and plans (their sizes and budgets cut to
+    the tiny model) stay as the GPU spec has them.
     """
     data_dir = str(default_data_dir())
     local_data = {
@@ -181,6 +183,12 @@ def cpu_twin(gpu: JobSpec, model_dir: Path, store: Path) -> JobSpec:
         if task["name"] not in local_data:
             raise AssertionError(f"cluster/gpu-job.yaml has a task {task['name']!r} its CPU twin has no data for")
         task["params"] |= local_data[task["name"]]
+    for task in raw["held_out"]:
+        task["params"] |= local_data[task["name"]] | {"first_window": 2, "windows": 2}
+    for plan in raw["plans"]:  # the tiny model has 4 blocks and 8 sublayers
+        plan["budget"] = min(plan["budget"], 24)
+        if plan["remove"] is not None:
+            plan["remove"] = min(plan["remove"], 2)
     raw["model"] = {"name": str(model_dir), "dtype": "float32", "device": "cpu"}
     raw["executor"] |= {"num_workers": 2, "num_gpus_per_worker": 0, "num_cpus_per_worker": 1, "threads_per_worker": 1}
     raw["executor"]["chunk_size"] = 8
@@ -266,6 +274,16 @@ def test_the_gpu_specs_cpu_twin_runs_with_the_shipped_runtime_env_as_in_process(
     assert set(on_ray) == set(expected) and len(expected) == 2 * 2  # (block, sublayer) x (mmlu, lm_loss)
     for key, values in expected.items():
         np.testing.assert_allclose(on_ray[key], values, rtol=1e-6, atol=1e-9, err_msg=str(key))
+    with SQLiteStore(twin.store.path) as store:
+        ray_plans = {
+            record.name: RemovalPlan.from_json(record.plan_json) for record in store.get_plans(summary["job_id"])
+        }
+    assert sorted(ray_plans) == sorted(done.name for done in local.plans) == ["block-block-2", "sublayer-attn-most"]
+    for done in local.plans:
+        on_pool = ray_plans[done.name]
+        assert on_pool.removed == done.plan.removed and on_pool.evaluations_used == done.plan.evaluations_used
+        np.testing.assert_allclose(on_pool.value, done.plan.value, rtol=1e-6, atol=1e-9)
+        assert on_pool.held_out[0].items == 2
 
 
 def source_zip(path: Path) -> Path:
