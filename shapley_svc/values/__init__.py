@@ -1,8 +1,9 @@
 """Value functions ("games" over a masked model) and a small registry of them by name.
 
 ``make_value_fn("mmlu", subjects=("marketing",))`` builds one; names are ``lm_loss``, ``mmlu``, the
-multiple-choice tasks (``arc_easy``, ``arc_challenge``, ``hellaswag``, ``piqa``, ``boolq``, ``winogrande``)
-and ``lm_eval:<task name or YAML path>`` for any lm-eval task. Modules are imported only when a name is used.
+multiple-choice tasks (``arc_easy``, ``arc_challenge``, ``hellaswag``, ``piqa``, ``boolq``, ``winogrande``),
+the generative ``gsm8k`` and ``lambada``, and ``lm_eval:<task name or YAML path>`` for any lm-eval task.
+Modules are imported only when a name is used.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ REGISTRY: Registry[ValueFunction] = Registry(
             )
             for task in _MULTIPLE_CHOICE_TASKS
         },
+        "gsm8k": Entry(
+            "shapley_svc.values.gsm8k:GSM8K", "GSM8K k-shot by greedy generation, exact match on the answer"
+        ),
+        "lambada": Entry("shapley_svc.values.lambada:Lambada", "LAMBADA last-word accuracy by greedy generation"),
         "lm_eval": Entry("shapley_svc.values.lm_eval_bridge:LMEvalTask", "any lm-eval task; write lm_eval:<task>"),
     },
 )

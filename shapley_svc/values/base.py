@@ -4,6 +4,12 @@ A value function turns the final hidden states of a masked model into a few numb
 ("statistics", e.g. summed loss and token count) and reduces the statistics of all its batches to one value
 per task. The split lets the engine evaluate every coalition on one batch before moving to the next,
 sharing hidden-state prefixes across coalitions.
+
+A value that needs the model itself, not the final hidden states of a fixed token batch (generated text),
+comes from a :class:`GenerativeValueFunction`: :class:`ModelGame` switches each coalition on with
+:meth:`~shapley_svc.model.masked.MaskedModel.active` and calls its ``generate(masked)``, whose statistics
+follow those of the token batches in ``finalize``. One game serves both kinds, so the one evaluator of
+coalitions (cache, order, executors) is the same for every task.
 """
 
 from __future__ import annotations
@@ -46,6 +52,30 @@ class ValueFunction(Protocol):
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         """float[t]: one value per task from the statistics of every batch, in batch order."""
         ...
+
+
+class GenerativeValueFunction(ValueFunction, Protocol):
+    """A value function that also runs the masked model per coalition (e.g. greedy generation).
+
+    ``finalize`` receives the statistics of its token batches (often none), then the ``generated_statistics``
+    arrays that ``generate`` returned for the same coalition.
+    """
+
+    @property
+    def generated_statistics(self) -> int:
+        """How many arrays :meth:`generate` returns (0: it runs nothing, its token batches are all)."""
+        ...
+
+    def generate(self, masked: MaskedModel) -> list[np.ndarray]:
+        """Statistics from running ``masked`` under the mask now active (the game enters it)."""
+        ...
+
+
+def generated_statistics(value_fn: ValueFunction) -> int:
+    """How many statistics ``value_fn`` generates per coalition beyond its token batches' (0 for most)."""
+    if not callable(getattr(type(value_fn), "generate", None)):
+        return 0
+    return int(value_fn.generated_statistics)  # type: ignore[attr-defined]
 
 
 def digest(settings: dict[str, Any], *arrays: torch.Tensor) -> str:
@@ -131,6 +161,26 @@ class ModelGame:
         ``progress`` is called once per coalition and token batch done.
         """
         coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        values = np.stack(
+            [self.value_fn.finalize(statistics) for statistics in self.statistics(coalitions, progress)]
+        ).astype(np.float64)
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise EvaluationError(
+                f"coalition {coalitions[first].astype(int).tolist()} has a non-finite value {values[first].tolist()}"
+            )
+        return values
+
+    def statistics(
+        self, coalitions: Coalitions, progress: Callable[[], object] | None = None
+    ) -> list[list[np.ndarray]]:
+        """Per coalition, what ``finalize`` reduces: each token batch's statistics, then the generated ones.
+
+        For per-item checks (e.g. ``value_fn.lm_eval_responses(game.statistics(mask[None])[0])`` on an lm-eval task).
+        """
+        coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        generated = self._generate(coalitions, progress)
         per_batch = [
             self.engine.evaluate(
                 coalitions,
@@ -140,13 +190,23 @@ class ModelGame:
             )
             for index, prepared in enumerate(self._batches)
         ]
-        values = np.stack(
-            [self.value_fn.finalize([stats[k] for stats in per_batch]) for k in range(len(coalitions))]
-        ).astype(np.float64)
-        bad = ~np.isfinite(values).all(axis=1)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise EvaluationError(
-                f"coalition {coalitions[first].astype(int).tolist()} has a non-finite value {values[first].tolist()}"
-            )
-        return values
+        return [[stats[k] for stats in per_batch] + generated[k] for k in range(len(coalitions))]
+
+    def _generate(self, coalitions: Coalitions, progress: Callable[[], object] | None) -> list[list[np.ndarray]]:
+        """Per coalition, what the value function generates under it (empty lists when it generates nothing)."""
+        expected = generated_statistics(self.value_fn)
+        if expected == 0:
+            return [[] for _ in coalitions]
+        generated = []
+        for coalition in coalitions:
+            with self.masked.active(coalition):
+                statistics = self.value_fn.generate(self.masked)  # type: ignore[attr-defined]
+            if len(statistics) != expected:
+                raise EvaluationError(
+                    f"{type(self.value_fn).__name__}.generate returned {len(statistics)} statistics, not the "
+                    f"{expected} it declares in generated_statistics"
+                )
+            generated.append(list(statistics))
+            if progress is not None:
+                progress()
+        return generated

@@ -1,16 +1,26 @@
-"""Any lm-eval task as a value function, and an lm-eval ``LM`` over the masked model.
+"""Any lm-eval task as a value function, for all three request types, and an lm-eval ``LM`` over the masked model.
 
 :class:`LMEvalTask` builds an lm-eval task once (by registered name, or a local YAML task such as one reading
-JSONL with ``dataset_path: json``), collects its loglikelihood requests with ``build_all_requests``, tokenises
-them as lm-eval's ``TemplateLM`` does and packs each document's requests over their common token prefix.
-Every coalition then re-scores the same token batches; the task's own ``process_results`` and aggregation
-turn the per-request (log-likelihood, is-greedy) pairs into one value per metric. No task is rebuilt per call
-and no bootstrap runs (the standard error is not needed for a value).
+JSONL with ``dataset_path: json``) and collects its requests with ``build_all_requests``:
 
-:class:`MaskedLM` is a ``TemplateLM`` over a :class:`~shapley_svc.model.masked.MaskedModel` under a fixed
-mask, for ``lm_eval.simple_evaluate`` and for checking the value function against lm-eval's own loop.
+- ``loglikelihood`` (multiple choice included): tokenised as lm-eval's ``TemplateLM`` does (an empty context
+  becomes the prefix token) and packed per document over the requests' common token prefix;
+- ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of ``max_length`` tokens, packed per document;
+- ``generate_until``: no token batches; under each coalition the model generates greedily with the KV cache
+  (:class:`~shapley_svc.values.generative.PromptGeneration`), with lm-eval's stop sequences (plus the EOS
+  text), ``max_gen_toks`` and post-processing.
 
-lm-eval is an optional extra (``pip install 'shapley-svc[lm-eval]'``); it is imported only here.
+Every coalition then gets lm-eval's own post-processing: the responses go into the task's instances, the
+task's filters run (``apply_filters``), ``process_results`` scores each document per filter and the task's
+aggregations reduce them, as lm-eval's evaluator does. One column per (metric, filter): ``task.metric`` for
+the default filter ``none``, ``task.metric,filter`` otherwise (lm-eval's key). No task is rebuilt per call
+and no bootstrap runs (a standard error is not needed for a value).
+
+:func:`masked_lm` gives a :class:`~shapley_svc.values.lm_eval_model.MaskedLM` (an lm-eval ``TemplateLM``)
+over a masked model under a fixed mask, for ``lm_eval.simple_evaluate`` and for checking the value function
+against lm-eval's own loop. Local YAML tasks over the offline data: :mod:`shapley_svc.values.lm_eval_local`.
+
+lm-eval is an optional extra (``pip install 'shapley-svc[lm-eval]'``); it is imported only here and there.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import functools
 import json
 import logging
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +41,29 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from shapley_svc.data.mmlu import MMLUSubject
-from shapley_svc.engine import TokenBatch
-from shapley_svc.errors import ConfigError
+from shapley_svc.engine import BatchedEngine, TokenBatch
+from shapley_svc.engine.packing import ScoredSequence, pack_scored
+from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.values.base import digest, require_prepared
-from shapley_svc.values.mmlu import description
-from shapley_svc.values.multiple_choice import LoglikelihoodScoring, encode_texts, resolve_max_length
+from shapley_svc.values.generative import PromptGeneration
+from shapley_svc.values.lm_eval_local import write_mmlu_tasks
+from shapley_svc.values.multiple_choice import (
+    LoglikelihoodScoring,
+    encode_pairs,
+    encode_texts,
+    gather_choice_statistics,
+    pad_token_id,
+    resolve_max_length,
+    score_choices,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LM_EVAL_INSTALL = "pip install 'lm-eval[hf]==0.4.13'"
+REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+NO_FILTER = "none"
 _TASK_NAME_PATTERN = re.compile(r"^task:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
 
 
@@ -106,11 +128,132 @@ def _task_manager(include_path: str | None, include_defaults: bool) -> Any:
     return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
+# ----------------------------------------------------------------------------------------------- requests as tokens
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token an empty context (and a rolling window's start) conditions on: BOS, else EOS (lm-eval's HF)."""
+    for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ConfigError("the tokenizer has neither a BOS nor an EOS token to condition an empty context on")
+
+
+def encode_requests(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], add_bos: bool
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per (context, continuation), as ``TemplateLM.loglikelihood`` encodes them.
+
+    An empty context becomes the prefix token (or the continuation's first token, when that is the prefix).
+    """
+    encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(pairs)
+    full = [index for index, (context, _) in enumerate(pairs) if context]
+    for index, pair in zip(full, encode_pairs(tokenizer, [pairs[i] for i in full], add_bos), strict=True):
+        encoded[index] = pair
+    prefix = prefix_token_id(tokenizer) if len(full) < len(pairs) else 0
+    for index, (context, continuation) in enumerate(pairs):
+        if not context:
+            ids = encode_texts(tokenizer, [continuation], False)[0]
+            encoded[index] = ([prefix], ids) if not ids or ids[0] != prefix else (ids[:1], ids[1:])
+    return encoded
+
+
+def scored_sequence(context: Sequence[int], continuation: Sequence[int], max_length: int, where: str) -> ScoredSequence:
+    """The model reads the last ``max_length`` tokens of context + continuation but its last; the
+    continuation's tokens are scored (lm-eval's HF backend truncates the same way)."""
+    whole = (list(context) + list(continuation))[-(max_length + 1) :]
+    if not continuation or len(continuation) > len(whole) - 1:
+        raise DataError(
+            f"{where}: a continuation of {len(continuation)} tokens cannot be scored within max_length "
+            f"{max_length} (it needs at least one token of context); raise max_length or leave the request out"
+        )
+    tokens = whole[:-1]
+    return ScoredSequence(tokens, np.arange(len(tokens) - len(continuation), len(tokens)), list(continuation))
+
+
+def _grouped_by_context(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[int]]:
+    """Indices of ``pairs`` grouped by identical context (first-seen order), so a context is packed once."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(pairs):
+        groups.setdefault(tuple(context), []).append(index)
+    return list(groups.values())
+
+
+@torch.inference_mode()
+def packed_loglikelihoods(
+    masked: MaskedModel,
+    mask: np.ndarray,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    max_length: int,
+    *,
+    max_row_tokens: int = 2048,
+    max_batch_tokens: int = 8192,
+) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), all continuation tokens greedy) per (context, continuation) token pair.
+
+    Pairs sharing a context are packed over it and scored through the batched engine under ``mask``; the
+    numbers are those of :func:`plain_loglikelihoods` up to float rounding.
+    """
+    if not pairs:
+        return []
+    groups = _grouped_by_context(pairs)
+    sequences = [
+        [scored_sequence(*pairs[index], max_length, f"request {index}") for index in group] for group in groups
+    ]
+    batches, readouts = pack_scored(
+        sequences, reuse_prefix=True, max_row_tokens=max_row_tokens, max_batch_tokens=max_batch_tokens, pad_id=0
+    )
+    engine = BatchedEngine(masked)
+    device = next(masked.model.parameters()).device
+    statistics = [
+        engine.evaluate(mask[None], batch.to(device), readout=lambda h, r=readout: score_choices(r, h, masked.head))[0]
+        for batch, readout in zip(batches, readouts, strict=True)
+    ]
+    by_owner = gather_choice_statistics(statistics, len(pairs))
+    order = [index for group in groups for index in group]  # owner k is request order[k]
+    results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    for owner, index in enumerate(order):
+        results[index] = (float(by_owner[owner, 0]), bool(by_owner[owner, 1]))
+    return results
+
+
+@torch.inference_mode()
+def plain_loglikelihoods(
+    masked: MaskedModel,
+    mask: np.ndarray,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    max_length: int,
+) -> list[tuple[float, bool]]:
+    """The same as :func:`packed_loglikelihoods` with one plain forward per pair under ``mask`` (lm-eval's loop)."""
+    device = next(masked.model.parameters()).device
+    results = []
+    with masked.active(mask):
+        for index, (context_ids, continuation_ids) in enumerate(pairs):
+            sequence = scored_sequence(context_ids, continuation_ids, max_length, f"request {index}")
+            logits = masked.model(torch.tensor([list(sequence.tokens)], device=device)).logits[0]
+            logits = logits[-len(continuation_ids) :]
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            targets = torch.tensor(continuation_ids, device=device)
+            total = float(logprobs.gather(1, targets[:, None]).sum())
+            results.append((total, bool((logits.argmax(dim=-1) == targets).all())))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- value function
+
+
+def column_name(metric: str, filter_key: str) -> str:
+    """A task column's metric part: ``metric`` for the default filter, else lm-eval's ``metric,filter``."""
+    return metric if filter_key == NO_FILTER else f"{metric},{filter_key}"
+
+
 @dataclass
 class LMEvalTask(LoglikelihoodScoring):
-    """An lm-eval task (name or YAML path) as a value function; one column per aggregated metric.
+    """An lm-eval task (name or YAML path) as a value function; one column per aggregated metric and filter.
 
-    Example: ``LMEvalTask("arc_easy", limit=50)`` or ``LMEvalTask("tasks/my_mmlu.yaml")``.
+    Example: ``LMEvalTask("arc_easy", limit=50)``, ``LMEvalTask("tasks/my_gsm8k.yaml", max_gen_toks=128)``.
+    ``metrics`` pick columns by lm-eval's key (``acc``, ``exact_match,strict-match``); ``batch_size``,
+    ``max_gen_toks`` (the cap where a request sets none) and ``use_cache`` apply to ``generate_until`` tasks.
     """
 
     task: str
@@ -118,12 +261,19 @@ class LMEvalTask(LoglikelihoodScoring):
     limit: int | None = None
     num_fewshot: int | None = None
     metrics: tuple[str, ...] | None = None
+    batch_size: int = 16
+    max_gen_toks: int = 256
+    use_cache: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._task: Any = None
-        self._docs: list[tuple[Any, list[int]]] = []  # per document: doc, request indices in idx order
-        self._metrics: tuple[str, ...] = tuple(self.metrics) if self.metrics is not None else ()
+        self._instances: list[Any] = []  # by (doc_id, idx)
+        self._docs: list[tuple[Any, list[Any]]] = []  # per document: doc, its instances in idx order
+        self._request_type: str | None = None
+        self._windows: list[int] = []  # rolling: scored sequences per instance
+        self._generation: PromptGeneration | None = None
+        self._columns: list[tuple[str, str]] = []  # (metric, filter key)
 
     @property
     def task_name(self) -> str:
@@ -131,41 +281,123 @@ class LMEvalTask(LoglikelihoodScoring):
 
     @property
     def task_names(self) -> tuple[str, ...]:
-        if not self._metrics:
+        if not self._columns:
             raise ConfigError("call prepare(tokenizer) first: the metrics come from the built lm-eval task")
-        return tuple(f"{self.task_name}.{metric}" for metric in self._metrics)
+        return tuple(f"{self.task_name}.{column_name(metric, key)}" for metric, key in self._columns)
+
+    @property
+    def request_type(self) -> str:
+        """The task's request type (after prepare): loglikelihood, loglikelihood_rolling or generate_until."""
+        require_prepared(self._request_type is not None)
+        return self._request_type  # type: ignore[return-value]
+
+    @property
+    def generated_statistics(self) -> int:
+        return 1 if self._request_type == "generate_until" else 0
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> list[TokenBatch]:
-        """Build the task and its requests once, tokenise them (TemplateLM's split) and pack them per document."""
+        """Build the task and its requests once; tokenise and pack them, or ready their prompts for generation."""
+        self._build(tokenizer)
+        if self._request_type == "generate_until":
+            self._generation = self._prompt_generation(tokenizer)
+            self._tokens = torch.tensor([t for prompt in self._generation.prompts for t in prompt], dtype=torch.long)
+            return []
+        return self._pack(tokenizer)
+
+    def _build(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._task = load_task(self.task, self.include_path, self.num_fewshot)
         self._task.build_all_requests(limit=self.limit, rank=0, world_size=1)
-        instances = list(self._task.instances)
-        unsupported = sorted({i.request_type for i in instances if i.request_type != "loglikelihood"})
-        if unsupported:
-            raise ConfigError(
-                f"lm-eval task {self.task_name!r} makes {', '.join(unsupported)} requests; only loglikelihood "
-                "(multiple_choice or loglikelihood output types) is supported as a value function"
-            )
-        if not instances:
+        self._instances = sorted(self._task.instances, key=lambda instance: (instance.doc_id, instance.idx))
+        if not self._instances:
             raise ConfigError(f"lm-eval task {self.task_name!r} built no requests (limit={self.limit})")
-        available = tuple(self._task.aggregation())
-        if not self._metrics:
-            self._metrics = available
-        unknown = [metric for metric in self._metrics if metric not in available]
-        if unknown:
-            raise ConfigError(f"task {self.task_name!r} has no metric(s) {unknown}; it aggregates {available}")
-        by_doc: dict[int, list[Any]] = {}
-        for instance in instances:
-            by_doc.setdefault(instance.doc_id, []).append(instance)
-        pair_sets, ids, self._docs = [], [], []
-        request = 0
-        for doc_id in sorted(by_doc):
-            members = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
-            pair_sets.append([tuple(instance.args) for instance in members])
-            ids.append(f"{self.task_name}/doc{doc_id}")
-            self._docs.append((members[0].doc, list(range(request, request + len(members)))))
-            request += len(members)
-        return self.pack_requests(tokenizer, pair_sets, ids)
+        types = sorted({instance.request_type for instance in self._instances})
+        if len(types) != 1 or types[0] not in REQUEST_TYPES:
+            raise ConfigError(
+                f"lm-eval task {self.task_name!r} makes {', '.join(types)} requests; a value function takes one "
+                f"of {', '.join(REQUEST_TYPES)} per task"
+            )
+        self._request_type = types[0]
+        by_doc: dict[int, list[Any]] = defaultdict(list)
+        for instance in self._instances:
+            by_doc[instance.doc_id].append(instance)
+        self._docs = [(members[0].doc, members) for members in by_doc.values()]
+        self._columns = self._chosen_columns()
+
+    def _chosen_columns(self) -> list[tuple[str, str]]:
+        """(metric, filter) of each column: every aggregated metric under every filter, or those asked for."""
+        filters = [ensemble.name for ensemble in getattr(self._task, "_filters", [])] or [NO_FILTER]
+        available = [(metric, key) for key in filters for metric in self._task.aggregation()]
+        if self.metrics is None:
+            return available
+        by_name = {column_name(metric, key): (metric, key) for metric, key in available}
+        by_name |= {f"{metric},{key}": (metric, key) for metric, key in available}
+        unknown = [name for name in self.metrics if name not in by_name]
+        if unknown or not self.metrics:
+            raise ConfigError(
+                f"task {self.task_name!r} has no metric(s) {unknown or '(none given)'}; it reports "
+                f"{', '.join(column_name(*column) for column in available)}"
+            )
+        return [by_name[name] for name in self.metrics]
+
+    def _pack(self, tokenizer: PreTrainedTokenizerBase) -> list[TokenBatch]:
+        """Token batches of every request (loglikelihood) or rolling window, packed per document."""
+        max_length = resolve_max_length(tokenizer, self.max_length)
+        if self._request_type == "loglikelihood":
+            pairs = encode_requests(tokenizer, [tuple(i.args) for i in self._instances], self.add_bos)
+            per_instance = [[pair] for pair in pairs]
+        else:
+            from shapley_svc.values.lm_eval_model import rolling_windows
+
+            texts = encode_texts(tokenizer, [instance.args[0] for instance in self._instances], self.add_bos)
+            per_instance = [rolling_windows(ids, prefix_token_id(tokenizer), max_length) for ids in texts]
+        self._windows = [len(windows) for windows in per_instance]
+        where = [f"{self.task_name}/doc{instance.doc_id}" for instance in self._instances]
+        sequences = [
+            [scored_sequence(*pair, max_length, label) for pair in windows]
+            for windows, label in zip(per_instance, where, strict=True)
+        ]
+        position = {id(instance): index for index, instance in enumerate(self._instances)}
+        groups = [  # one group per document: its requests' sequences in idx order
+            [sequence for instance in members for sequence in sequences[position[id(instance)]]]
+            for _, members in self._docs
+        ]
+        self._tokens = torch.tensor([t for group in groups for s in group for t in s.tokens], dtype=torch.long)
+        batches, self._readouts = pack_scored(
+            groups,
+            reuse_prefix=self.reuse_prefix,
+            max_row_tokens=max(self.max_row_tokens, max_length),
+            max_batch_tokens=self.max_batch_tokens,
+            pad_id=pad_token_id(tokenizer),
+        )
+        self._request_count = sum(len(group) for group in groups)
+        return batches
+
+    def _prompt_generation(self, tokenizer: PreTrainedTokenizerBase) -> PromptGeneration:
+        from shapley_svc.values.lm_eval_model import stop_rule
+
+        eos_text = tokenizer.decode([tokenizer.eos_token_id], skip_special_tokens=False)
+        return PromptGeneration(
+            tokenizer,
+            encode_texts(tokenizer, [instance.args[0] for instance in self._instances], self.add_bos),
+            [stop_rule(instance.args[1], eos_text, self.max_gen_toks) for instance in self._instances],
+            batch_size=self.batch_size,
+            use_cache=self.use_cache,
+            max_length=resolve_max_length(tokenizer, self.max_length),
+            label=self.task_name,
+        )
+
+    def generate(self, masked: MaskedModel) -> list[np.ndarray]:
+        """The new tokens of every ``generate_until`` request under the active mask (one statistic)."""
+        if self._generation is None:
+            raise ConfigError(f"lm-eval task {self.task_name!r} does not generate (or prepare was not called)")
+        return [self._generation.run(masked)]
+
+    @property
+    def last_cost(self) -> Any:
+        """The latest coalition's generation cost (``generate_until`` tasks; zero otherwise)."""
+        from shapley_svc.engine.generation import GenerationCost
+
+        return self._generation.last_cost if self._generation is not None else GenerationCost()
 
     def fingerprint(self) -> str:
         require_prepared(self._tokens is not None)
@@ -176,26 +408,53 @@ class LMEvalTask(LoglikelihoodScoring):
             "task": self.task_name,
             "config": json.dumps(config, sort_keys=True, default=str),
             "limit": self.limit,
-            "metrics": self._metrics,
+            "columns": self._columns,
             "bos": self.add_bos,
+            "request_type": self._request_type,
+            "rules": [] if self._generation is None else [repr(rule) for rule in dict.fromkeys(self._generation.rules)],
         }
         return digest(settings, self._tokens)
+
+    def lm_eval_responses(self, statistics: list[np.ndarray]) -> list[Any]:
+        """One lm-eval response per instance (instance order): (ll, greedy), a summed ll, or the text.
+
+        ``responses`` (inherited) stays the float[scored sequences, 2] array of the token batches.
+        """
+        if self._request_type == "generate_until":
+            if self._generation is None or len(statistics) != 1:
+                raise ConfigError("pass the one statistic generate() returned, after prepare(tokenizer)")
+            return list(self._generation.texts(statistics[0]))
+        scored = super().responses(statistics)
+        if self._request_type == "loglikelihood":
+            return [(float(ll), bool(greedy)) for ll, greedy in scored]
+        ends = np.cumsum(self._windows)
+        return [float(scored[end - count : end, 0].sum()) for count, end in zip(self._windows, ends, strict=True)]
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         per_doc = self.per_document(statistics)
         aggregation = self._task.aggregation()
-        return np.array([float(aggregation[metric](per_doc[metric])) for metric in self._metrics])
+        return np.array(
+            [
+                float(aggregation.get(metric, np.mean)(per_doc[column_name(metric, key)]))
+                for metric, key in self._columns
+            ]
+        )
 
     def per_document(self, statistics: list[np.ndarray]) -> dict[str, list[Any]]:
-        """The task's ``process_results`` of each document, as lists per metric (document order)."""
-        responses = self.responses(statistics)
-        per_metric: dict[str, list[Any]] = {metric: [] for metric in self._metrics}
-        for doc, requests in self._docs:
-            results = [(float(responses[i, 0]), bool(responses[i, 1])) for i in requests]
-            processed = self._task.process_results(doc, results)
-            for metric in self._metrics:
-                per_metric[metric].append(processed[metric])
-        return per_metric
+        """Each column's ``process_results`` value of every document (document order), after the task's filters."""
+        repeats = int(getattr(self._task.config, "repeats", 1) or 1)
+        for instance, response in zip(self._instances, self.lm_eval_responses(statistics), strict=True):
+            instance.resps = [response] * repeats
+            instance.filtered_resps = {}
+        self._task.apply_filters()
+        per_column: dict[str, list[Any]] = {column_name(metric, key): [] for metric, key in self._columns}
+        for key in dict.fromkeys(key for _, key in self._columns):
+            for doc, members in self._docs:
+                processed = self._task.process_results(doc, [instance.filtered_resps[key] for instance in members])
+                for metric, value in processed.items():
+                    if column_name(metric, key) in per_column:
+                        per_column[column_name(metric, key)].append(value)
+        return per_column
 
 
 def masked_lm(
@@ -204,127 +463,39 @@ def masked_lm(
     mask: Sequence[bool] | None = None,
     add_bos: bool = False,
     max_length: int | None = None,
+    *,
+    batch_size: int = 16,
+    max_gen_toks: int = 256,
+    packed: bool = True,
+    use_cache: bool = True,
 ) -> Any:
-    """A :class:`MaskedLM` (an lm-eval ``TemplateLM``); built by a function so lm-eval loads only when used."""
+    """A :class:`~shapley_svc.values.lm_eval_model.MaskedLM` (an lm-eval ``TemplateLM``); lm-eval loads only here.
+
+    ``batch_size``, ``max_gen_toks`` and ``use_cache`` apply to generation; ``packed=False`` scores
+    loglikelihood requests one plain forward each (lm-eval's own loop).
+    """
     _lm_eval()
-    from lm_eval.api.model import TemplateLM
+    from shapley_svc.values.lm_eval_model import MaskedLM
 
-    class MaskedLM(TemplateLM):
-        """lm-eval model over ``masked`` with only the players of ``mask`` present (batch size 1, no cache)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.masked = masked
-            self.tokenizer = tokenizer
-            self.mask = masked.full_mask() if mask is None else masked.validate_mask(mask)
-            self.add_bos = add_bos
-            self.max_length = resolve_max_length(tokenizer, max_length)
-
-        @property
-        def eot_token_id(self) -> int:
-            return int(tokenizer.eos_token_id)
-
-        def tok_encode(self, string: str, add_special_tokens: bool | None = None) -> list[int]:
-            add_bos_here = self.add_bos if add_special_tokens is None else add_special_tokens
-            return encode_texts(tokenizer, [string], add_bos_here)[0]
-
-        def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-            pairs = [(context_ids, continuation_ids) for _, context_ids, continuation_ids in requests]
-            results = plain_loglikelihoods(masked, self.mask, pairs, self.max_length)
-            for (request_strings, _, _), result in zip(requests, results, strict=True):
-                self.cache_hook.add_partial("loglikelihood", request_strings, result)
-            return results
-
-        def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-            raise ConfigError("MaskedLM scores loglikelihood requests only; loglikelihood_rolling is not supported")
-
-        def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-            raise ConfigError("MaskedLM scores loglikelihood requests only; generation is not supported")
-
-    return MaskedLM()
-
-
-@torch.inference_mode()
-def plain_loglikelihoods(
-    masked: MaskedModel,
-    mask: np.ndarray,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    max_length: int,
-) -> list[tuple[float, bool]]:
-    """(log p(continuation | context), all continuation tokens greedy) per (context, continuation) token pair.
-
-    One plain forward per pair under ``mask``, keeping the last ``max_length`` input tokens (lm-eval's loop).
-    """
-    device = next(masked.model.parameters()).device
-    results = []
-    with masked.active(mask):
-        for context_ids, continuation_ids in pairs:
-            inputs = (list(context_ids) + list(continuation_ids))[-(max_length + 1) :][:-1]
-            logits = masked.model(torch.tensor([inputs], device=device)).logits[0, -len(continuation_ids) :]
-            logprobs = F.log_softmax(logits.float(), dim=-1)
-            targets = torch.tensor(continuation_ids, device=device)
-            total = float(logprobs.gather(1, targets[:, None]).sum())
-            results.append((total, bool((logits.argmax(dim=-1) == targets).all())))
-    return results
-
-
-def write_mmlu_tasks(folder: Path, subjects: Sequence[MMLUSubject]) -> list[str]:
-    """Write one local lm-eval YAML task per subject mirroring the bundled MMLU template, over JSONL files.
-
-    Each task reads ``<subject>.test.jsonl`` / ``<subject>.dev.jsonl`` (``dataset_path: json``) with
-    ``fewshot_config.sampler: first_n`` and ``num_fewshot`` = the subject's shots. Returns the task names.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for subject in subjects:
-        name = f"local_mmlu_{subject.name}"
-        for split, rows in (("test", subject.questions), ("dev", subject.shots)):
-            lines = [
-                json.dumps(
-                    {
-                        "id": row.id,
-                        "subject": subject.name,
-                        "question": row.question,
-                        "choices": list(row.choices),
-                        "answer": row.answer,
-                    }
-                )
-                for row in rows
-            ]
-            (folder / f"{subject.name}.{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        (folder / f"{name}.yaml").write_text(_mmlu_task_yaml(name, folder, subject), encoding="utf-8")
-        names.append(name)
-    return names
-
-
-def _mmlu_task_yaml(name: str, folder: Path, subject: MMLUSubject) -> str:
-    """The YAML of task ``name``: lm-eval's MMLU template over the subject's JSONL files in ``folder``."""
-    return "\n".join(
-        [
-            f"task: {name}",
-            "dataset_path: json",
-            "dataset_kwargs:",
-            "  data_files:",
-            f"    test: {json.dumps(str(folder / f'{subject.name}.test.jsonl'))}",
-            f"    dev: {json.dumps(str(folder / f'{subject.name}.dev.jsonl'))}",
-            "test_split: test",
-            "fewshot_split: dev",
-            "fewshot_config:",
-            "  sampler: first_n",
-            f"num_fewshot: {len(subject.shots)}",
-            "output_type: multiple_choice",
-            f"description: {json.dumps(description(subject.name))}",
-            'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}'
-            '\\nD. {{choices[3]}}\\nAnswer:"',
-            'doc_to_choice: ["A", "B", "C", "D"]',
-            "doc_to_target: answer",
-            "metric_list:",
-            "  - metric: acc",
-            "    aggregation: mean",
-            "    higher_is_better: true",
-            "metadata:",
-            "  version: 1.0",
-            "",
-        ]
+    return MaskedLM(
+        masked,
+        tokenizer,
+        mask,
+        add_bos=add_bos,
+        max_length=max_length,
+        batch_size=batch_size,
+        max_gen_toks=max_gen_toks,
+        packed=packed,
+        use_cache=use_cache,
     )
+
+
+__all__ = [
+    "LMEvalTask",
+    "load_task",
+    "masked_lm",
+    "packed_loglikelihoods",
+    "plain_loglikelihoods",
+    "registered_tasks",
+    "write_mmlu_tasks",
+]

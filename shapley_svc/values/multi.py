@@ -3,7 +3,8 @@
 :class:`MultiTask` concatenates the token batches of its value functions; ``score`` dispatches a batch index
 to the value function that owns it, and ``finalize`` concatenates each one's columns. The engine therefore
 evaluates every coalition on every task's batches in one call, with its usual prefix sharing across masks,
-and the columns equal those of the single-task games.
+and the columns equal those of the single-task games. Value functions that generate (GSM8K, LAMBADA) run
+under each coalition one after the other; their statistics follow those of all the token batches.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
-from shapley_svc.values.base import ValueFunction, digest
+from shapley_svc.model.masked import MaskedModel
+from shapley_svc.values.base import ValueFunction, digest, generated_statistics
 
 
 class MultiTask:
@@ -32,6 +34,7 @@ class MultiTask:
             raise ConfigError("MultiTask needs at least one value function")
         self.value_fns = tuple(value_fns)
         self._starts: list[int] = []  # first global batch index of each value function
+        self._batches = 0
         self._prepared = False
 
     @property
@@ -48,8 +51,23 @@ class MultiTask:
         for value_fn in self.value_fns:
             self._starts.append(len(batches))
             batches.extend(value_fn.prepare(tokenizer))
+        self._batches = len(batches)
         self._prepared = True
         return batches
+
+    @property
+    def generated_statistics(self) -> int:
+        """The generating value functions' statistics, together."""
+        return sum(generated_statistics(value_fn) for value_fn in self.value_fns)
+
+    def generate(self, masked: MaskedModel) -> list[np.ndarray]:
+        """Each generating value function's statistics under the active mask, in the order given."""
+        return [
+            statistics
+            for value_fn in self.value_fns
+            if generated_statistics(value_fn)
+            for statistics in value_fn.generate(masked)  # type: ignore[attr-defined]
+        ]
 
     def fingerprint(self) -> str:
         return digest({"kind": "multi", "parts": [value_fn.fingerprint() for value_fn in self.value_fns]})
@@ -67,10 +85,12 @@ class MultiTask:
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         if not self._prepared:
             raise ConfigError("call prepare(tokenizer) before finalize")
-        ends = [*self._starts[1:], len(statistics)]
-        return np.concatenate(
-            [
-                np.asarray(value_fn.finalize(statistics[start:end]), dtype=np.float64)
-                for value_fn, start, end in zip(self.value_fns, self._starts, ends, strict=True)
-            ]
-        )
+        ends = [*self._starts[1:], self._batches]
+        generated = self._batches
+        columns = []
+        for value_fn, start, end in zip(self.value_fns, self._starts, ends, strict=True):
+            count = generated_statistics(value_fn)
+            own = statistics[start:end] + statistics[generated : generated + count]
+            columns.append(np.asarray(value_fn.finalize(own), dtype=np.float64))
+            generated += count
+        return np.concatenate(columns)

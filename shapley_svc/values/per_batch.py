@@ -2,7 +2,8 @@
 
 Held-out checks compare two coalitions window by window (paired): a language-modelling value with one window
 per batch gives each window's value, and their mean is the value itself. Only for value functions whose
-batches are self-contained (each batch's statistics finalise on their own, as ``lm_loss``'s do).
+batches are self-contained (each batch's statistics finalise on their own, as ``lm_loss``'s do); a value
+function that generates has no such batches and is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
-from shapley_svc.values.base import ValueFunction, digest
+from shapley_svc.values.base import ValueFunction, digest, generated_statistics
 
 
 class PerBatch:
@@ -32,6 +33,11 @@ class PerBatch:
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> list[TokenBatch]:
         batches = self.value_fn.prepare(tokenizer)
+        if generated_statistics(self.value_fn):
+            raise ConfigError(
+                f"{type(self.value_fn).__name__} generates text under each coalition and has no self-contained "
+                "token batches to value one by one; use an lm_loss task for held-out windows"
+            )
         self.batches = len(batches)
         return batches
 

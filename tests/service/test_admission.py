@@ -318,3 +318,25 @@ def test_a_policy_from_the_environment_splits_folders_on_the_path_separator(tmp_
         3,
         2,
     )
+
+
+def test_generative_tasks_have_their_splits_sources_and_token_caps_checked() -> None:
+    admitted = [
+        {"name": "gsm8k", "params": {"limit": 4, "shots": 2, "max_new_tokens": 128}},
+        {"name": "lambada", "params": {"limit": 8}},
+    ]
+    assert refusals(Admission(), spec(tasks=admitted)) == {}
+    job = spec(
+        tasks=[
+            {"name": "gsm8k", "params": {"split": "../train", "fewshot_split": "dev"}},
+            {"name": "lambada", "params": {"max_new_tokens": 100_000, "source": "ftp"}},
+            {"name": "lambada", "params": {"batch_size": 64, "max_length": 4096}},
+        ]
+    )
+    assert refusals(Admission(), job) == {
+        "tasks.0.params.split": "known_names",
+        "tasks.0.params.fewshot_split": "known_names",
+        "tasks.1.params.max_new_tokens": "max_sequence_tokens",
+        "tasks.1.params.source": "known_names",
+        "tasks.2.params.batch_size": "max_batch_tokens",
+    }

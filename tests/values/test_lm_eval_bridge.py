@@ -17,7 +17,8 @@ from shapley_svc.model.loading import LoadedModel, tiny_model
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.values import make_value_fn
 from shapley_svc.values.base import ModelGame
-from shapley_svc.values.lm_eval_bridge import LMEvalTask, load_task, masked_lm, write_mmlu_tasks
+from shapley_svc.values.lm_eval_bridge import LMEvalTask, load_task, masked_lm
+from shapley_svc.values.lm_eval_local import write_mmlu_tasks
 from shapley_svc.values.mmlu import MMLU
 from shapley_svc.values.multiple_choice import gather_choice_statistics
 

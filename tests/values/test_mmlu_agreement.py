@@ -40,7 +40,8 @@ def isolated_hf_home(tmp_path: Path) -> Iterator[Path]:
 def test_pinned_sample_agrees_with_lm_eval_hflm(demo_fp32: LoadedModel, isolated_hf_home: Path) -> None:
     from lm_eval.models.huggingface import HFLM
 
-    from shapley_svc.values.lm_eval_bridge import load_task, write_mmlu_tasks
+    from shapley_svc.values.lm_eval_bridge import load_task
+    from shapley_svc.values.lm_eval_local import write_mmlu_tasks
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine two threads per process run many times slower
