@@ -215,7 +215,7 @@ class ModelBasedSearch(PlanSearcher):
                 break
             surrogate = Surrogate(indicators, values, heredity, problem.k)
             mean, sd = surrogate.predict(_indicators(pool, position))
-            gain = expected_improvement(mean, sd, game.best().value)
+            gain = expected_improvement(mean, sd, _incumbent(game))
             best = int(np.argmax(gain))
             if gain[best] < self.tolerance:
                 break
@@ -252,6 +252,13 @@ def _heredity(game: RemovalGame) -> np.ndarray:
     values = np.array([game.known(frozenset([player])) for player in game.problem.candidates], dtype=np.float64)
     costs = values.max() - values
     return 0.5 + costs / (costs.mean() or 1.0)
+
+
+def _incumbent(game: RemovalGame) -> float:
+    """The value to improve on: the best set of k read, within the limits or not (its score carries the
+    penalty), else the best set read of any size."""
+    complete = [step.value for step in game.path if game.problem.complete(step.removed)]
+    return max(complete) if complete else max(step.value for step in game.path)
 
 
 def _indicators(removals: Sequence[Removal], position: dict[int, int]) -> np.ndarray:
