@@ -2,6 +2,7 @@
 
     shapley-svc plan --table T.npz --remove 3 --budget 17 --seed 0 [--method NAME]
     shapley-svc plan --model demo --corpus wikitext2 --windows 4 --window 128 --remove 8 --budget 106 --seed 0
+    shapley-svc plan --table T.npz --most --max-loss task=0.3 --budget 60    # as many as the limit allows
 
 On a model the search reads coalitions through the same evaluator, store and executor as ``run`` (values
 cached, a local Ray pool by default), and the plan is then checked on held-out windows (the ones after the
@@ -46,7 +47,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--table", default=None, help="game table .npz (format of shared/games/README.md)")
     add_game_options(parser, model_default=None)
-    parser.add_argument("--remove", type=int, required=True, metavar="K", help="how many players to remove")
+    parser.add_argument("--remove", type=int, default=None, metavar="K", help="how many players to remove")
+    parser.add_argument(
+        "--most", action="store_true", help="remove as many players as possible while every --max-loss holds"
+    )
+    parser.add_argument(
+        "--max-loss",
+        default=None,
+        metavar="TASK=D[,TASK=D]",
+        help="the most each task may lose against the full model, e.g. wikitext2.neg_loss=0.3 (a constraint)",
+    )
     parser.add_argument("--budget", type=int, required=True, help="distinct coalitions the search may read")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same plan)")
     parser.add_argument("--method", default="default", metavar="NAME", help=f"one of: {', '.join(SEARCHERS.names())}")
@@ -78,15 +88,13 @@ def run(args: argparse.Namespace) -> int:
 def plan_on_table(args: argparse.Namespace) -> Any:
     """The plan of ``--method`` on a stored table, the budget also enforced by the table game itself."""
     from shapley_svc.estimators.table import TableGame
-    from shapley_svc.planning import Objective, RemovalProblem
+    from shapley_svc.planning.requests import plan_requested
     from shapley_svc.runner.evaluator import Evaluator
 
     game = TableGame.from_npz(args.table, budget=args.budget)
-    objective = Objective.parse(args.objective, game.task_names)
-    problem = RemovalProblem.of(
-        game.player_names, game.task_names, args.remove, target=args.target or "any", objective=objective
+    plan = plan_requested(
+        plan_spec(args, game.task_names, target=args.target or "any"), Evaluator.of(game), progress=not args.no_progress
     )
-    plan = _search(args, problem, Evaluator.of(game))
     if plan.evaluations_used != game.evaluations_used:
         raise ConfigError(f"the search read {game.evaluations_used} coalitions but reported {plan.evaluations_used}")
     return plan
@@ -95,8 +103,7 @@ def plan_on_table(args: argparse.Namespace) -> Any:
 def plan_on_model(args: argparse.Namespace) -> Any:
     """The plan on the model's game through the executor and store the options name, checked on held-out data."""
     from shapley_svc.model.loading import demo_checkpoint_folder
-    from shapley_svc.planning import Objective, RemovalProblem
-    from shapley_svc.planning.verify import held_out_check
+    from shapley_svc.planning.requests import plan_requested
     from shapley_svc.runner.evaluator import Evaluator
     from shapley_svc.runner.executors import HELD_OUT, start_executor
     from shapley_svc.spec import ExecutorSpec
@@ -112,15 +119,9 @@ def plan_on_model(args: argparse.Namespace) -> Any:
             games = executor.games()
             reuse = args.reuse_across_setups
             evaluator = Evaluator(executor, store, games[args.granularity], reuse_across_setups=reuse)
-            tasks = evaluator.game.task_names
-            target = args.target or ("block" if args.granularity == "block" else "any")
-            objective = Objective.parse(args.objective, tasks)
-            problem = RemovalProblem.of(
-                evaluator.game.player_names, tasks, args.remove, target=target, objective=objective
-            )
-            plan = _search(args, problem, evaluator)
             held_out = Evaluator(executor, store, games[args.granularity + HELD_OUT], reuse_across_setups=reuse)
-            return plan.with_held_out(held_out_check(plan, problem, held_out))
+            request = plan_spec(args, evaluator.game.task_names, target=args.target)
+            return plan_requested(request, evaluator, held_out=held_out, progress=not args.no_progress)
     finally:
         executor.close()
 
@@ -138,16 +139,31 @@ def _worker_setup(args: argparse.Namespace) -> Any:
     )
 
 
-def _search(args: argparse.Namespace, problem: Any, evaluator: Any) -> Any:
-    from shapley_svc.planning import search_plan
+def plan_spec(args: argparse.Namespace, task_names: tuple[str, ...], *, target: str | None) -> Any:
+    """The plan the options ask for, as a job spec's ``plans:`` entry (so the CLI and a job search alike)."""
+    from pydantic import ValidationError
 
-    progress = not args.no_progress
-    return search_plan(
-        problem,
-        evaluator,
-        budget=args.budget,
-        method=args.method,
-        seed=args.seed,
-        params=args.params,
-        progress=progress,
-    )
+    from shapley_svc.planning import Objective
+    from shapley_svc.spec import PlanSpec
+
+    if (args.remove is None) == (not args.most):
+        raise ConfigError("give --remove K, or --most with --max-loss TASK=D")
+    if args.most and not args.max_loss:
+        raise ConfigError("--most needs --max-loss TASK=D (the most a task may lose)")
+    weights = dict(Objective.parse(args.objective, task_names).weights)
+    limits = dict(Objective.parse(args.max_loss, task_names).weights) if args.max_loss else {}
+    try:
+        return PlanSpec(
+            granularity=getattr(args, "granularity", None) or "block",
+            target=target,
+            remove=args.remove,
+            most=args.most,
+            method=args.method,
+            params=args.params or {},
+            budget=args.budget,
+            seed=args.seed,
+            objective=weights,
+            limits=limits,
+        )
+    except ValidationError as error:
+        raise ConfigError("; ".join(issue["msg"] for issue in error.errors())) from error

@@ -38,7 +38,8 @@ def plan_most(
     """The plan of the largest k whose best set keeps the limits of ``problems(k)``'s objective.
 
     Each k may read about one greedy step more (its candidates not yet removed), k = 1 also every single
-    removal; the search stops at the first k with no set within the limits, or when the budget is spent.
+    removal. At the first k with no set within the limits, half the reads left take a second look at k; if
+    that finds none either, the rest refine the plan of k - 1. The search ends there or when the budget is spent.
     """
     first = problems(1)
     if not first.objective.limits:
@@ -52,14 +53,35 @@ def plan_most(
         if game.remaining <= 0:
             break
         search(game)
-        try:
-            game.best()
-        except ConfigError:
+        if not _feasible(game):
+            game.budget = game.used + (budget - game.used) // 2
+            _search_left(game, search)
+        if not _feasible(game):
+            if best is not None:
+                game.problem, game.budget = problems(k - 1), budget
+                _search_left(game, search)
+                best = RemovalPlan.from_search(game, method=method, seed=0, params={"objective": "most"})
             break
         best = RemovalPlan.from_search(game, method=method, seed=0, params={"objective": "most"})
     if best is None:
         raise ConfigError(f"no single player can go within the limits {dict(first.objective.limits)}")
-    return best
+    # every read counts, also those of the first k no set kept the limits at
+    return best.model_copy(update={"evaluations_used": game.used, "evaluations_computed": game.computed})
+
+
+def _feasible(game: RemovalGame) -> bool:
+    """Whether the game read a set filling its problem's quotas within the limits."""
+    try:
+        game.best()
+    except ConfigError:
+        return False
+    return True
+
+
+def _search_left(game: RemovalGame, search: Search) -> None:
+    """``search`` once more on ``game`` if it has reads left."""
+    if game.remaining > 0:
+        search(game)
 
 
 class FrontPoint(BaseModel):

@@ -3,14 +3,17 @@ plan's versioned JSON."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from planning_games import SHIPPED_TABLE
 
 from shapley_svc.cli import main
 from shapley_svc.errors import DataError
+from shapley_svc.estimators.table import TableGame
 from shapley_svc.planning import RemovalPlan
 
 
@@ -28,6 +31,27 @@ def test_plan_on_the_shipped_table_prints_the_plan_as_json(capsys: pytest.Captur
     assert greedy["removed"] == plan["removed"] and greedy["evaluations_used"] == 33
     assert main(["plan", "--table", str(SHIPPED_TABLE), "--remove", "3", "--budget", "2", "--method", "greedy"]) == 2
     assert "too small" in capsys.readouterr().err
+
+
+def test_plan_most_removes_as_many_as_the_limit_allows_on_the_shipped_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = TableGame.from_npz(SHIPPED_TABLE)
+    n, full = table.n_players, float(table(np.ones((1, 12), dtype=bool))[0, 0])
+    losses = {}
+    for k in (1, 2, 3, 4):
+        sets = list(itertools.combinations(range(n), k))
+        coalitions = np.ones((len(sets), n), dtype=bool)
+        for row, removal in enumerate(sets):
+            coalitions[row, list(removal)] = False
+        losses[k] = full - float(table(coalitions)[:, 0].max())
+    limit = (losses[2] + losses[3]) / 2  # the best 2-removal keeps it, no 3-removal does
+    task = table.task_names[0]
+    plan = plan_json(capsys, "--table", str(SHIPPED_TABLE), "--most", "--max-loss", f"{task}={limit}", "--budget", "60")
+    assert plan["k"] == 2 and losses[2] <= full - plan["value"] <= limit and plan["limits"] == {task: limit}
+    assert plan["evaluations_used"] <= 60
+    assert main(["plan", "--table", str(SHIPPED_TABLE), "--most", "--budget", "40", "--no-progress"]) == 2
+    assert "--most needs --max-loss" in capsys.readouterr().err
 
 
 def test_plan_on_a_model_checks_the_plan_on_held_out_windows(
