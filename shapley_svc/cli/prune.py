@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CALIBRATION = (4, 4)
 DEFAULT_JUDGE = (8, 8)
@@ -46,7 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _selection_flags(chosen: argparse._ArgumentGroup) -> None:
     """What to remove: a ranking file with the selection rules, or explicit lists."""
     chosen.add_argument("--ranking", type=Path, help="ranking JSON (the shapley-svc Ranking format)")
-    chosen.add_argument("--plan", type=Path, help="plan JSON from `shapley-svc plan`: exactly its players go")
+    chosen.add_argument(
+        "--plan",
+        help="exactly a plan's players go: a plan JSON file from `shapley-svc plan`, or JOB_ID:NAME, a plan a job "
+        "stored in --store (`shapley-svc job` / `run`; NAME as in the job's summary, e.g. block-block-4)",
+    )
+    chosen.add_argument(
+        "--store", type=Path, default=None, help="results store of --plan JOB_ID:NAME (default runs/shapley-svc.sqlite)"
+    )
     chosen.add_argument("--method", help="which ranking of a ranking set to use (e.g. leave_one_out)")
     chosen.add_argument("--task", help="with --method: the task of the ranking to use, when several")
     chosen.add_argument(
@@ -102,6 +110,25 @@ def _evaluation_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--latency-repeats", type=int, default=5, help="interleaved timing repeats; 0 skips timing")
 
 
+def chosen_plan(text: str | None, store: Path | None) -> Any:
+    """``--plan``: an existing file's path, or the plan ``NAME`` job ``JOB_ID`` stored (``JOB_ID:NAME``)."""
+    from shapley_svc.cli.game_options import DEFAULT_OUT_DIR
+    from shapley_svc.errors import ConfigError
+    from shapley_svc.planning.plan import RemovalPlan
+    from shapley_svc.store.sqlite import SQLiteStore
+
+    if text is None or Path(text).is_file() or ":" not in text:
+        return None if text is None else Path(text)
+    job_id, _, name = text.partition(":")
+    path = store or DEFAULT_OUT_DIR / "shapley-svc.sqlite"
+    with SQLiteStore(path) as opened:
+        plans = {record.name: record for record in opened.get_plans(job_id)}
+    if name not in plans:
+        raise ConfigError(f"job {job_id} in {path} has no plan {name!r}; its plans: {sorted(plans) or 'none'}")
+    plan = RemovalPlan.from_json(plans[name].plan_json)
+    return plan.with_provenance(plan.provenance | {"job_id": job_id, "plan": name})
+
+
 def _indices(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -124,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `shapley-svc --help` stays fast.
     from shapley_svc.pruning.workflow import PruneRequest, prune
 
-    report = prune(PruneRequest(**{field.name: getattr(args, field.name) for field in fields(PruneRequest)}))
+    options = {field.name: getattr(args, field.name) for field in fields(PruneRequest)}
+    report = prune(PruneRequest(**options | {"plan": chosen_plan(args.plan, args.store)}))
     print(report.summary.format())
     print(
         f"saved to {report.out} with its model card (plain transformers: AutoModelForCausalLM.from_pretrained; "

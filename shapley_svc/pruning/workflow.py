@@ -46,7 +46,8 @@ class PruneRequest:
     """What to remove, how to recover and what to judge on; the fields are ``shapley-svc prune``'s flags.
 
     Give one of ``ranking`` (a ranking JSON file, with ``count`` or ``fraction``), ``plan`` (a plan JSON from
-    ``shapley-svc plan``: exactly its players go) or ``blocks`` / ``attn`` / ``mlp`` lists of layer indices.
+    ``shapley-svc plan``, or a stored
+    :class:`RemovalPlan`: exactly its players go) or ``blocks`` / ``attn`` / ``mlp`` lists of layer indices.
     Windows are ``(first, count)`` of ``window``-token windows of ``corpus``.
     """
 
@@ -55,7 +56,7 @@ class PruneRequest:
     dtype: str = "float32"
     device: str = "cpu"
     ranking: Path | None = None
-    plan: Path | None = None
+    plan: Path | RemovalPlan | None = None
     method: str | None = None
     task: str | None = None
     target: str | None = None
@@ -201,9 +202,15 @@ def _plan(request: PruneRequest, ranking: Ranking | None, loaded: LoadedModel) -
     """The plan, a description of where it came from, and the split its ranking was estimated on."""
     num_layers = len(resolve(loaded.model, loaded.layout.layers))
     if request.plan is not None:
-        removal = RemovalPlan.from_json(read_text(request.plan, "plan"))
+        stored = isinstance(request.plan, RemovalPlan)
+        removal = request.plan if stored else RemovalPlan.from_json(read_text(request.plan, "plan"))
         plan = PruningPlan.from_players((Player.parse(name) for name in removal.removed), num_layers)
-        source, split = f"plan of {removal.method} ({len(removal.removed)} players) from {request.plan}", Split("-")
+        where = (
+            f"plan {removal.provenance.get('plan')} of job {removal.provenance.get('job_id')}"
+            if stored
+            else request.plan
+        )
+        source, split = f"plan of {removal.method} ({len(removal.removed)} players) from {where}", Split("-")
     elif ranking is None:
         players = [Player(i, "block") for i in request.blocks]
         players += [Player(i, "attn") for i in request.attn] + [Player(i, "mlp") for i in request.mlp]

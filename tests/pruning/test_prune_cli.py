@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import shapley_svc.cli as cli
 from shapley_svc.ranking import Ranking, RankingSet
+from shapley_svc.store.sqlite import SQLiteStore
 
 FAST = ["--window", "32", "--calibration-windows", "4:2", "--judge-windows", "8:2", "--latency-repeats", "1"]
 
@@ -151,6 +152,16 @@ def test_a_plan_file_removes_exactly_its_players_and_reloads_in_plain_transforme
         evaluations_computed=9, path=(),
     )  # fmt: skip
     (tmp_path / "plan.json").write_text(plan.to_json())
+    with SQLiteStore(tmp_path / "s.sqlite") as store:
+        store.create_job({}, job_id="j1")
+        store.put_plan("j1", name="mixed-2", granularity="sublayer", plan_json=plan.to_json())
+    stored = ["prune", "--model", str(tiny_checkpoint), "--store", str(tmp_path / "s.sqlite"), "--out"]
+    assert cli.main([*stored, str(tmp_path / "from-store"), "--plan", "j1:mixed-2", *FAST]) == 0
+    assert "plan mixed-2 of job j1" in capsys.readouterr().out
+    from_store = json.loads((tmp_path / "from-store" / "shapley-svc-pruning.json").read_text())
+    assert sorted(from_store["removed"]) == ["layer1.attn", "layer3.block"]
+    assert cli.main([*stored, str(tmp_path / "none"), "--plan", "j1:no-such-plan", *FAST]) == 2
+    assert "its plans: ['mixed-2']" in capsys.readouterr().err
     out = tmp_path / "pruned"
     arguments = ["prune", "--model", str(tiny_checkpoint), "--plan", str(tmp_path / "plan.json"), "--out", str(out)]
     assert cli.main([*arguments, *FAST]) == 0
