@@ -347,7 +347,8 @@ def test_a_jobs_plans_read_the_estimators_cached_values_and_are_checked_on_held_
         }
     )
     seen: list[bytes] = []
-    outcome = run_job(spec, estimator_factory=exact_factory(), executor=counting_executor(spec, seen), progress_bar=False)
+    executor = counting_executor(spec, seen)
+    outcome = run_job(spec, estimator_factory=exact_factory(), executor=executor, progress_bar=False)
     assert [plan.name for plan in outcome.plans] == ["block-block-2", "sublayer-attn-2", "sublayer-any-most"]
     exact = build_games(WorkerSetup.from_spec(spec))
     for done in outcome.plans:
