@@ -26,6 +26,6 @@ def test_the_planning_benchmark_runs_on_the_shipped_table(capsys: pytest.Capture
     assert all(row["regret"] >= -1e-9 for row in rows), "no plan beats the enumerated best"
     shapley = [row["regret"] for row in rows if row["method"] == "ranking:shapley"]
     assert min(shapley) > 1.0, "the exact Shapley ranking's k lowest cost over a nat on the shipped table"
-    assert {"ranking:pruning_semivalue", "ranking:beta_shapley_1_16"} <= {row["method"] for row in rows}
+    assert {"ranking:exact_pruning_semivalue", "ranking:exact_beta_shapley_1_16"} <= {row["method"] for row in rows}
     (most,) = summary["objectives"]
     assert most["objective"] == "most" and most["k_found"] == [most["k"]]
