@@ -294,19 +294,13 @@ class SQLiteStore:
 
     def put_result(self, job_id: str, *, task: str, granularity: str, estimator: str, result_json: str) -> None:
         """Store (or replace) one run's result JSON; text that is not JSON is a StoreError."""
-        try:
-            json.loads(result_json)
-        except json.JSONDecodeError as error:
-            raise StoreError(f"result of job {job_id} ({task}, {granularity}, {estimator}) is not JSON") from error
-        try:
-            with self._transaction() as connection:
-                connection.execute(
-                    "INSERT OR REPLACE INTO results (job_id, granularity, estimator, task, result, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, granularity, estimator, task, result_json, time.time()),
-                )
-        except sqlite3.IntegrityError as error:
-            raise JobNotFoundError(f"no job with id {job_id!r} in {self.path}; create it first") from error
+        self._put_json(
+            "INSERT OR REPLACE INTO results (job_id, granularity, estimator, task, result, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, granularity, estimator, task),
+            result_json,
+            f"result of job {job_id} ({task}, {granularity}, {estimator})",
+        )
 
     def get_results(self, job_id: str) -> list[ResultRecord]:
         """Every result of ``job_id``, ordered by granularity, estimator, task."""
@@ -322,18 +316,24 @@ class SQLiteStore:
 
     def put_plan(self, job_id: str, *, name: str, granularity: str, plan_json: str) -> None:
         """Store (or replace) one plan's JSON; text that is not JSON is a StoreError."""
+        self._put_json(
+            "INSERT OR REPLACE INTO plans (job_id, name, granularity, plan, created_at) VALUES (?, ?, ?, ?, ?)",
+            (job_id, name, granularity),
+            plan_json,
+            f"plan {name} of job {job_id}",
+        )
+
+    def _put_json(self, statement: str, keys: tuple[str, ...], text: str, what: str) -> None:
+        """Insert one row of a job's JSON document (``keys``, the text, now); the job (``keys[0]``) must exist."""
         try:
-            json.loads(plan_json)
+            json.loads(text)
         except json.JSONDecodeError as error:
-            raise StoreError(f"plan {name} of job {job_id} is not JSON") from error
+            raise StoreError(f"{what} is not JSON") from error
         try:
             with self._transaction() as connection:
-                connection.execute(
-                    "INSERT OR REPLACE INTO plans (job_id, name, granularity, plan, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (job_id, name, granularity, plan_json, time.time()),
-                )
+                connection.execute(statement, (*keys, text, time.time()))
         except sqlite3.IntegrityError as error:
-            raise JobNotFoundError(f"no job {job_id!r}: create it before storing its plans") from error
+            raise JobNotFoundError(f"no job with id {keys[0]!r} in {self.path}; create it first") from error
 
     def get_plans(self, job_id: str) -> list[PlanRecord]:
         """Every plan of ``job_id``, ordered by name."""
