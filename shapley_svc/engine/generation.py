@@ -107,6 +107,22 @@ def left_truncated(prompt: Sequence[int], max_length: int | None, max_new_tokens
     return list(prompt)[-room:]
 
 
+def checked_prompts(
+    prompts: Sequence[Sequence[int]], rule: StopRule, batch_size: int, max_length: int | None
+) -> list[list[int]]:
+    """``prompts`` left-truncated to leave room for ``rule``'s new tokens; empty prompts are a ConfigError."""
+    at_least(batch_size, 1, "batch_size")
+    if any(len(prompt) == 0 for prompt in prompts):
+        raise ConfigError("every prompt needs at least one token (give a BOS token for an empty prompt)")
+    return [left_truncated(prompt, max_length, rule.max_new_tokens) for prompt in prompts]
+
+
+def prompt_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """The prompt indices of each batch: longest prompts first (as lm-eval orders them), ``batch_size`` a batch."""
+    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+    return [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+
+
 @torch.inference_mode()
 def generate_greedy(
     model: nn.Module,
@@ -122,16 +138,11 @@ def generate_greedy(
 
     Example: ``generate_greedy(model, tokenizer, [ids], StopRule(("\\n",), 32)).tokens[0]``.
     """
-    at_least(batch_size, 1, "batch_size")
-    if any(len(prompt) == 0 for prompt in prompts):
-        raise ConfigError("every prompt needs at least one token (give a BOS token for an empty prompt)")
-    prompts = [left_truncated(prompt, max_length, rule.max_new_tokens) for prompt in prompts]
-    stepper = _Stepper(model, tokenizer, rule, use_cache)
-    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+    prompts = checked_prompts(prompts, rule, batch_size, max_length)
+    stepper = BatchStepper(model, tokenizer, rule, use_cache)
     tokens: list[list[int]] = [[] for _ in prompts]
     started = time.perf_counter()
-    for begin in range(0, len(order), batch_size):
-        chunk = order[begin : begin + batch_size]
+    for chunk in prompt_batches(prompts, batch_size):
         for index, new_tokens in zip(chunk, stepper.run([prompts[i] for i in chunk]), strict=True):
             tokens[index] = new_tokens
     stepper.cost.prompts = len(prompts)
@@ -140,7 +151,7 @@ def generate_greedy(
     return Generation(tokens, stepper.cost)
 
 
-class _Stepper:
+class BatchStepper:
     """Runs one left-padded batch to the end, step by step, counting forwards and new tokens."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, rule: StopRule, use_cache: bool):
@@ -159,6 +170,12 @@ class _Stepper:
 
     def run(self, prompts: list[list[int]]) -> list[list[int]]:
         """The new tokens of each prompt of one batch."""
+        sequence, attention = self.left_padded(prompts)
+        logits, cache = self._forward(sequence, sequence, attention, None)
+        return self.decode(sequence, attention, logits, cache)
+
+    def left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask [rows, width] of one batch, left-padded to its longest prompt."""
         device = next(self.model.parameters()).device
         width = max(len(prompt) for prompt in prompts)
         sequence = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
@@ -166,26 +183,32 @@ class _Stepper:
         for row, prompt in enumerate(prompts):
             sequence[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             attention[row, width - len(prompt) :] = 1
-        new_tokens: list[list[int]] = [[] for _ in prompts]
-        running = list(range(len(prompts)))  # the prompt index of each row still in the batch
-        step_ids, cache = sequence, None
-        while running:
-            logits, cache = self._forward(step_ids, sequence, attention, cache)
+        return sequence, attention
+
+    def decode(
+        self, sequence: torch.Tensor, attention: torch.Tensor, logits: torch.Tensor, cache: object
+    ) -> list[list[int]]:
+        """The new tokens of each row, from the prompts' last-position ``logits`` [rows, V] and their cache on."""
+        new_tokens: list[list[int]] = [[] for _ in range(len(sequence))]
+        running = list(range(len(sequence)))  # the prompt index of each row still in the batch
+        while True:
             chosen = logits.float().argmax(dim=-1)  # [rows]
             self.cost.forwards += 1
             self.cost.new_tokens += len(running)
             for row, token in enumerate(chosen.tolist()):
                 new_tokens[running[row]].append(token)
             keep = [row for row, index in enumerate(running) if not self._finished(new_tokens[index])]
+            if not keep:
+                return new_tokens
             sequence = torch.cat([sequence, chosen[:, None]], dim=1)
             attention = torch.cat([attention, torch.ones_like(chosen)[:, None]], dim=1)
             step_ids = chosen[:, None]
             if len(keep) < len(running):
-                rows = torch.tensor(keep, dtype=torch.long, device=device)
+                rows = torch.tensor(keep, dtype=torch.long, device=sequence.device)
                 sequence, attention, step_ids = sequence[rows], attention[rows], step_ids[rows]
                 cache = _select_rows(cache, rows)
                 running = [running[row] for row in keep]
-        return new_tokens
+            logits, cache = self._forward(step_ids, sequence, attention, cache)
 
     def _forward(
         self, step_ids: torch.Tensor, sequence: torch.Tensor, attention: torch.Tensor, cache: object

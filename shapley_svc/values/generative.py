@@ -7,6 +7,10 @@ switches each coalition on and calls ``generate(masked)``, which runs
 token ids, int64[prompts, max_new_tokens] with -1 past each generation's end. ``finalize`` decodes them as
 lm-eval does (no special tokens, cut before the first stop sequence) and scores the texts.
 
+A caller holding many coalitions at once (an estimator's request) can call ``generate_coalitions(masked,
+coalitions)`` instead: the same statistics per coalition, with the prompts' prefill shared between coalitions
+that agree on leading layers (:func:`~shapley_svc.engine.shared_generation.generate_greedy_coalitions`).
+
 Each generation's cost (prompts, prompt and new tokens, forwards, seconds) is logged at INFO as
 ``event=generation`` and summed in ``cost``; ``last_cost`` is that of the latest coalition.
 """
@@ -14,7 +18,7 @@ Each generation's cost (prompts, prompt and new tokens, forwards, seconds) is lo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +28,10 @@ from transformers import PreTrainedTokenizerBase
 
 from shapley_svc.engine import TokenBatch
 from shapley_svc.engine.generation import GenerationCost, StopRule, generate_greedy, generated_text
+from shapley_svc.engine.shared_generation import generate_greedy_coalitions
 from shapley_svc.errors import ConfigError, at_least
 from shapley_svc.model.masked import MaskedModel
+from shapley_svc.types import Coalitions
 from shapley_svc.values.base import require_prepared
 from shapley_svc.values.multiple_choice import encode_texts, resolve_max_length
 
@@ -79,11 +85,57 @@ class PromptGeneration:
             for index, new_tokens in zip(members, generation.tokens, strict=True):
                 tokens[index, : len(new_tokens)] = new_tokens
             cost = cost + generation.cost
+        self._record(cost)
+        return tokens
+
+    def run_coalitions(
+        self, masked: MaskedModel, coalitions: Coalitions, progress: Callable[[], object] | None = None
+    ) -> list[np.ndarray]:
+        """Per coalition (row of bool[k, n]), what :meth:`run` returns under it; the prompts' prefill is shared
+        between coalitions that agree on leading layers (:mod:`shapley_svc.engine.shared_generation`).
+
+        Without the KV cache there is nothing to share: each coalition runs alone.
+        """
+        coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        if not self.use_cache:
+            return [self._run_alone(masked, coalition, progress) for coalition in coalitions]
+        tokens = np.full((len(coalitions), len(self.prompts), self.width), -1, dtype=np.int64)
+        costs = [GenerationCost() for _ in coalitions]
+        rules = list(dict.fromkeys(self.rules))  # one generation per distinct rule, in first-seen order
+        for number, rule in enumerate(rules):
+            members = [index for index, own in enumerate(self.rules) if own == rule]
+            generations = generate_greedy_coalitions(
+                masked,
+                self.tokenizer,
+                [self.prompts[index] for index in members],
+                rule,
+                coalitions,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+                progress=progress if number == len(rules) - 1 else None,
+            )
+            for coalition, generation in enumerate(generations):
+                for index, new_tokens in zip(members, generation.tokens, strict=True):
+                    tokens[coalition, index, : len(new_tokens)] = new_tokens
+                costs[coalition] = costs[coalition] + generation.cost
+        for cost in costs:
+            self._record(cost)
+        return list(tokens)
+
+    def _run_alone(
+        self, masked: MaskedModel, coalition: np.ndarray, progress: Callable[[], object] | None
+    ) -> np.ndarray:
+        with masked.active(coalition):
+            tokens = self.run(masked)
+        if progress is not None:
+            progress()
+        return tokens
+
+    def _record(self, cost: GenerationCost) -> None:
         self.cost, self.last_cost = self.cost + cost, cost
         logger.info(
             "event=generation task=%s %s", self.label, " ".join(f"{k}={v:.3g}" for k, v in cost.as_dict().items())
         )
-        return tokens
 
     def texts(self, tokens: np.ndarray) -> list[str]:
         """The text of each prompt's generation (lm-eval's decoding and stop-sequence cut)."""
@@ -161,6 +213,13 @@ class GenerativeScoring:
     def generate(self, masked: MaskedModel) -> list[np.ndarray]:
         """The new tokens of every prompt under the active mask (one statistic)."""
         return [self.prompt_generation.run(masked)]
+
+    def generate_coalitions(
+        self, masked: MaskedModel, coalitions: Coalitions, progress: Callable[[], object] | None = None
+    ) -> list[list[np.ndarray]]:
+        """Per coalition, what :meth:`generate` returns under it, the prompts' prefill shared between coalitions
+        (the same tokens; for a caller that has all the coalitions at once, as an estimator's chunk)."""
+        return [[tokens] for tokens in self.prompt_generation.run_coalitions(masked, coalitions, progress)]
 
     @property
     def prompt_generation(self) -> PromptGeneration:

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from shapley_svc.engine.generation import StopRule, generate_greedy, generated_text, left_truncated
+from shapley_svc.engine.shared_generation import generate_greedy_coalitions
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.loading import LoadedModel, tiny_model
 from shapley_svc.model.masked import MaskedModel
@@ -58,6 +59,38 @@ def test_cache_and_batching_change_nothing_and_match_transformers_generate(tiny:
     # One forward per step and batch: the batch runs as long as its longest row, one by one each row's length.
     assert batched.cost.forwards == max(len(tokens) for tokens in expected)
     assert one_by_one.cost.forwards == one_by_one.cost.new_tokens == sum(len(tokens) for tokens in expected)
+
+
+def test_shared_prefill_writes_what_each_mask_writes_alone(tiny: LoadedModel) -> None:
+    """Masks sharing leading layers in several orders and depths (and repeated, and empty): same tokens, same counts."""
+    masked = MaskedModel(tiny.model, tiny.layout, "sublayer")
+    coalitions = np.array([*MASKS.values(), MASKS["mixed"], [1, 1, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 1, 1]], bool)
+    ids = [*prompts(tiny), prompts(tiny)[0][:3]]
+    rule = StopRule((), 9)
+    shared = generate_greedy_coalitions(masked, tiny.tokenizer, ids, rule, coalitions, batch_size=3)
+    for coalition, generation in zip(coalitions, shared, strict=True):
+        with masked.active(coalition):
+            alone = generate_greedy(tiny.model, tiny.tokenizer, ids, rule, batch_size=3)
+        assert generation.tokens == alone.tokens, coalition.astype(int).tolist()
+        assert generation.cost.forwards == alone.cost.forwards
+        assert generation.cost.new_tokens == alone.cost.new_tokens
+        assert generation.cost.prompt_tokens == alone.cost.prompt_tokens
+
+
+def test_shared_prefill_keeps_stops_and_block_masks(tiny_llama: LoadedModel) -> None:
+    masked = MaskedModel(tiny_llama.model, tiny_llama.layout, "block")
+    coalitions = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 1, 1], [1, 0, 1, 1, 0, 1], [1, 1, 1, 0, 1, 0]], bool)
+    ids = prompts(tiny_llama)
+    free = generate_greedy(tiny_llama.model, tiny_llama.tokenizer, ids, StopRule((), 12))
+    rule = StopRule((tiny_llama.tokenizer.decode(free.tokens[0][4:5]),), 12)
+    shared = generate_greedy_coalitions(masked, tiny_llama.tokenizer, ids, rule, coalitions, batch_size=2)
+    for coalition, generation in zip(coalitions, shared, strict=True):
+        with masked.active(coalition):
+            assert (
+                generation.tokens
+                == generate_greedy(tiny_llama.model, tiny_llama.tokenizer, ids, rule, batch_size=2).tokens
+            )
+    assert len(shared[0].tokens[0]) <= 5
 
 
 def test_masked_generation_equals_plain_transformers_on_the_pruned_checkpoint(tmp_path: Path) -> None:

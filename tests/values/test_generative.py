@@ -150,6 +150,24 @@ def test_lambada_and_gsm8k_values_under_each_coalition(small: LoadedModel, data_
     assert lambada.last_cost.prompts == 5 and lambada.cost.prompts == 15
 
 
+def test_generating_many_coalitions_at_once_equals_the_game_one_by_one(small: LoadedModel, data_dir: Path) -> None:
+    masked = MaskedModel(small.model, small.layout, "sublayer")
+    masks = np.array([[1] * 6, [1, 1, 1, 0, 1, 1], [1, 0, 0, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0] * 6], dtype=bool)
+    for value_fn in (
+        Lambada(source="local", data_dir=data_dir, batch_size=2),
+        GSM8K(source="local", data_dir=data_dir, shots=1, max_new_tokens=12, fewshot_sampler="first_n"),
+    ):
+        game = ModelGame(masked, value_fn, small.tokenizer, small.fingerprint)
+        one_by_one = game.statistics(masks)
+        ticks: list[int] = []
+        together = value_fn.generate_coalitions(masked, masks, progress=lambda ticks=ticks: ticks.append(1))
+        assert len(ticks) == len(masks) and len(together) == len(masks)
+        for alone, shared in zip(one_by_one, together, strict=True):
+            assert np.array_equal(alone[-1], shared[0])
+            assert np.array_equal(value_fn.finalize(alone), value_fn.finalize(shared))
+        assert value_fn.last_cost.prompts == len(value_fn.prompt_generation.prompts)
+
+
 def test_prompts_are_lm_eval_s_gsm8k_format(data_dir: Path) -> None:
     value_fn = GSM8K(source="local", data_dir=data_dir, shots=2, fewshot_sampler="first_n", limit=1)
     (prompt,) = value_fn.prompts()
