@@ -15,7 +15,7 @@ DEFAULT_OUT_DIR = Path("runs")
 
 def add_game_options(parser: argparse.ArgumentParser, *, model_default: str | None = "demo") -> None:
     """Add --model, --dtype, --device, --granularity, --corpus, --data-dir, --windows, --window, --executor,
-    --address, --workers, --store, --reuse-across-setups and --no-progress."""
+    --address, --workers, --store, --reuse-across-setups, --no-progress and --held-out-windows."""
     parser.add_argument(
         "--model", default=model_default, help="'demo', a Hugging Face hub id or a local checkpoint folder"
     )
@@ -54,6 +54,12 @@ def add_game_options(parser: argparse.ArgumentParser, *, model_default: str | No
     parser.add_argument("--store", default=None, help="results store (default runs/shapley-svc.sqlite)")
     parser.add_argument("--reuse-across-setups", action="store_true", help=REUSE_ACROSS_SETUPS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--held-out-windows",
+        type=int,
+        default=None,
+        help="held-out windows after the calibration ones, on which plans are checked (default: --windows, at least 2)",
+    )
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:
@@ -76,16 +82,6 @@ def lm_task(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     if args.data_dir is not None:
         params["data_dir"] = str(args.data_dir)
     return {"name": "lm_loss", "params": params | overrides}
-
-
-def add_held_out_option(parser: argparse.ArgumentParser) -> None:
-    """Add --held-out-windows: how many windows after the calibration ones check a plan."""
-    parser.add_argument(
-        "--held-out-windows",
-        type=int,
-        default=None,
-        help="held-out windows after the calibration ones, on which plans are checked (default: --windows, at least 2)",
-    )
 
 
 def held_out_task(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,15 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from shapley_svc.cli.game_options import (
-    add_game_options,
-    add_held_out_option,
-    executor_options,
-    held_out_task,
-    lm_task,
-    resolve_defaults,
-    store_path,
-)
+from shapley_svc.cli import game_options
 from shapley_svc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +38,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--table", default=None, help="game table .npz (format of shared/games/README.md)")
-    add_game_options(parser, model_default=None)
+    game_options.add_game_options(parser, model_default=None)
     parser.add_argument("--remove", type=int, default=None, metavar="K", help="how many players to remove")
     parser.add_argument(
         "--most", action="store_true", help="remove as many players as possible while every --max-loss holds"
@@ -66,7 +58,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--params", type=json.loads, default=None, help="the searcher's options as JSON, e.g. '{\"batch\": 4}'"
     )
-    add_held_out_option(parser)
     parser.add_argument("--out", default=None, help="also write the plan JSON to this file")
     parser.set_defaults(handler=run)
 
@@ -110,12 +101,12 @@ def plan_on_model(args: argparse.Namespace) -> Any:
     from shapley_svc.store.sqlite import SQLiteStore
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    resolve_defaults(args)
+    game_options.resolve_defaults(args)
     if args.model == "demo" and args.executor == "ray":
         demo_checkpoint_folder()  # the one-time conversion happens here, not in every worker
-    executor = start_executor(_worker_setup(args), ExecutorSpec.model_validate(executor_options(args)))
+    executor = start_executor(_worker_setup(args), ExecutorSpec.model_validate(game_options.executor_options(args)))
     try:
-        with SQLiteStore(store_path(args)) as store:
+        with SQLiteStore(game_options.store_path(args)) as store:
             games = executor.games()
             reuse = args.reuse_across_setups
             evaluator = Evaluator(executor, store, games[args.granularity], reuse_across_setups=reuse)
@@ -134,8 +125,8 @@ def _worker_setup(args: argparse.Namespace) -> Any:
     return WorkerSetup(
         model=ModelSpec(name=args.model, dtype=args.dtype, device=args.device),
         granularities=(args.granularity,),
-        tasks=(TaskSpec.model_validate(lm_task(args)),),
-        held_out=(TaskSpec.model_validate(held_out_task(args)),),
+        tasks=(TaskSpec.model_validate(game_options.lm_task(args)),),
+        held_out=(TaskSpec.model_validate(game_options.held_out_task(args)),),
     )
 
 

@@ -19,7 +19,6 @@ from typing import Any
 from shapley_svc.cli.game_options import (
     DEFAULT_OUT_DIR,
     add_game_options,
-    add_held_out_option,
     executor_options,
     held_out_task,
     lm_task,
@@ -69,7 +68,6 @@ def register(subparsers: Any) -> None:
         help="how many players the recommended plans remove ('none': no plans); each searched by the default "
         "searcher on half of greedy search's reads (at least players + 2), reusing the job's cached values",
     )
-    add_held_out_option(parser)
     parser.set_defaults(handler=run)
 
 
