@@ -71,6 +71,23 @@ class GenerativeValueFunction(ValueFunction, Protocol):
         ...
 
 
+def generate_for(
+    value_fn: ValueFunction, masked: MaskedModel, coalitions: Coalitions, progress: Callable[[], object] | None = None
+) -> list[list[np.ndarray]]:
+    """Per coalition, what ``value_fn`` generates under it: all at once where it shares the prompts' prefill
+    between coalitions (``generate_coalitions``), else one coalition after another."""
+    shared = getattr(value_fn, "generate_coalitions", None)
+    if callable(shared):
+        return [list(statistics) for statistics in shared(masked, coalitions, progress)]
+    generated = []
+    for coalition in coalitions:
+        with masked.active(coalition):
+            generated.append(list(value_fn.generate(masked)))  # type: ignore[attr-defined]
+        if progress is not None:
+            progress()
+    return generated
+
+
 def generated_statistics(value_fn: ValueFunction) -> int:
     """How many statistics ``value_fn`` generates per coalition beyond its token batches' (0 for most)."""
     if not callable(getattr(type(value_fn), "generate", None)):
@@ -197,16 +214,11 @@ class ModelGame:
         expected = generated_statistics(self.value_fn)
         if expected == 0:
             return [[] for _ in coalitions]
-        generated = []
-        for coalition in coalitions:
-            with self.masked.active(coalition):
-                statistics = self.value_fn.generate(self.masked)  # type: ignore[attr-defined]
+        generated = generate_for(self.value_fn, self.masked, coalitions, progress)
+        for statistics in generated:
             if len(statistics) != expected:
                 raise EvaluationError(
                     f"{type(self.value_fn).__name__}.generate returned {len(statistics)} statistics, not the "
                     f"{expected} it declares in generated_statistics"
                 )
-            generated.append(list(statistics))
-            if progress is not None:
-                progress()
         return generated

@@ -31,7 +31,7 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from shapley_svc.engine import BatchedEngine, TokenBatch
 from shapley_svc.engine.packing import ScoredSequence, pack_scored
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.model.masked import MaskedModel
+from shapley_svc.types import Coalitions
 from shapley_svc.values.base import digest, require_prepared
 from shapley_svc.values.generative import PromptGeneration
 from shapley_svc.values.lm_eval_local import write_mmlu_tasks
@@ -391,6 +392,14 @@ class LMEvalTask(LoglikelihoodScoring):
         if self._generation is None:
             raise ConfigError(f"lm-eval task {self.task_name!r} does not generate (or prepare was not called)")
         return [self._generation.run(masked)]
+
+    def generate_coalitions(
+        self, masked: MaskedModel, coalitions: Coalitions, progress: Callable[[], object] | None = None
+    ) -> list[list[np.ndarray]]:
+        """Per coalition, what :meth:`generate` returns under it, the prompts' prefill shared between coalitions."""
+        if self._generation is None:
+            raise ConfigError(f"lm-eval task {self.task_name!r} does not generate (or prepare was not called)")
+        return [[tokens] for tokens in self._generation.run_coalitions(masked, coalitions, progress)]
 
     @property
     def last_cost(self) -> Any:

@@ -10,7 +10,7 @@ under each coalition one after the other; their statistics follow those of all t
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
 from shapley_svc.model.masked import MaskedModel
-from shapley_svc.values.base import ValueFunction, digest, generated_statistics
+from shapley_svc.types import Coalitions
+from shapley_svc.values.base import ValueFunction, digest, generate_for, generated_statistics
 
 
 class MultiTask:
@@ -68,6 +69,18 @@ class MultiTask:
             if generated_statistics(value_fn)
             for statistics in value_fn.generate(masked)  # type: ignore[attr-defined]
         ]
+
+    def generate_coalitions(
+        self, masked: MaskedModel, coalitions: Coalitions, progress: Callable[[], object] | None = None
+    ) -> list[list[np.ndarray]]:
+        """Per coalition, each generating value function's statistics, each of them over all the coalitions."""
+        per_fn = [
+            generate_for(value_fn, masked, coalitions) for value_fn in self.value_fns if generated_statistics(value_fn)
+        ]
+        if progress is not None:
+            for _ in coalitions:
+                progress()
+        return [[statistics for generated in per_fn for statistics in generated[row]] for row in range(len(coalitions))]
 
     def fingerprint(self) -> str:
         return digest({"kind": "multi", "parts": [value_fn.fingerprint() for value_fn in self.value_fns]})

@@ -150,7 +150,7 @@ def test_lambada_and_gsm8k_values_under_each_coalition(small: LoadedModel, data_
     assert lambada.last_cost.prompts == 5 and lambada.cost.prompts == 15
 
 
-def test_generating_many_coalitions_at_once_equals_the_game_one_by_one(small: LoadedModel, data_dir: Path) -> None:
+def test_a_game_generates_its_coalitions_together_as_each_alone(small: LoadedModel, data_dir: Path) -> None:
     masked = MaskedModel(small.model, small.layout, "sublayer")
     masks = np.array([[1] * 6, [1, 1, 1, 0, 1, 1], [1, 0, 0, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0] * 6], dtype=bool)
     for value_fn in (
@@ -158,7 +158,9 @@ def test_generating_many_coalitions_at_once_equals_the_game_one_by_one(small: Lo
         GSM8K(source="local", data_dir=data_dir, shots=1, max_new_tokens=12, fewshot_sampler="first_n"),
     ):
         game = ModelGame(masked, value_fn, small.tokenizer, small.fingerprint)
-        one_by_one = game.statistics(masks)
+        one_by_one = [game.statistics(mask[None])[0] for mask in masks]
+        for alone, together in zip(one_by_one, game.statistics(masks), strict=True):
+            assert np.array_equal(alone[-1], together[-1]), "a chunk (shared prefill) writes what each writes alone"
         ticks: list[int] = []
         together = value_fn.generate_coalitions(masked, masks, progress=lambda ticks=ticks: ticks.append(1))
         assert len(ticks) == len(masks) and len(together) == len(masks)
@@ -226,8 +228,8 @@ def test_registry_and_bad_settings(small: LoadedModel, data_dir: Path) -> None:
 class TwoStatistics(Lambada):
     """A value function that declares one generated statistic and returns two."""
 
-    def generate(self, masked: MaskedModel) -> list[np.ndarray]:
-        return super().generate(masked) * 2
+    def generate_coalitions(self, masked: MaskedModel, coalitions, progress=None) -> list[list[np.ndarray]]:
+        return [statistics * 2 for statistics in super().generate_coalitions(masked, coalitions, progress)]
 
 
 def test_a_generator_returning_the_wrong_number_of_statistics_is_an_evaluation_error(
