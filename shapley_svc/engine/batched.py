@@ -58,6 +58,23 @@ class EngineStats:
     masks: int = 0
 
 
+LayerInputs = list[tuple[torch.Tensor, dict[str, Any]] | None]
+"""Per decoder layer, its input hidden state and the other kwargs the backbone called it with (None: not yet)."""
+
+
+def layer_input_capture(captured: LayerInputs) -> Callable[[int], Callable[..., None]]:
+    """Forward pre-hooks (with kwargs) by layer index that record each layer's input into ``captured``."""
+
+    def capture(index: int) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[index] = (hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+        return hook
+
+    return capture
+
+
 class BatchedEngine:
     """Evaluates many masks of a :class:`MaskedModel` on one token batch with prefix sharing."""
 
@@ -73,14 +90,8 @@ class BatchedEngine:
         so attention-mask and position handling stay those of the installed transformers.
         """
         masked = self.masked
-        captured: list[tuple[torch.Tensor, dict[str, Any]] | None] = [None] * masked.num_layers
-
-        def capture(index: int) -> Callable[..., None]:
-            def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                captured[index] = (hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-            return hook
+        captured: LayerInputs = [None] * masked.num_layers
+        capture = layer_input_capture(captured)
 
         with temporary_hooks() as handles, masked.active(np.zeros(masked.n_players, dtype=bool)):
             for index, layer in enumerate(masked.layers):

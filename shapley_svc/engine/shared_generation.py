@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 
 from shapley_svc.engine.backbone import temporary_hooks
-from shapley_svc.engine.batched import lexicographic_order, shared_layer_prefix
+from shapley_svc.engine.batched import LayerInputs, layer_input_capture, lexicographic_order, shared_layer_prefix
 from shapley_svc.engine.generation import (
     BatchStepper,
     Generation,
@@ -106,14 +106,8 @@ class SharedPrefill:
         """
         masked = self.masked
         sequence, attention = self.inputs
-        captured: list[tuple[torch.Tensor, dict[str, Any]] | None] = [None] * masked.num_layers
-
-        def capture(index: int) -> Callable[..., None]:
-            def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                captured[index] = (hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-            return hook
+        captured: LayerInputs = [None] * masked.num_layers
+        capture = layer_input_capture(captured)
 
         positions = attention.cumsum(dim=-1) - 1
         positions.masked_fill_(attention == 0, 1)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -68,8 +68,7 @@ class RunOutcome:
     results: dict[str, str]
 
 
-@dataclass(frozen=True)
-class PlanOutcome:
+class PlanOutcome(NamedTuple):
     """One searched plan: its name (the spec's key), granularity and the plan."""
 
     name: str

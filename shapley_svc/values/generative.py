@@ -32,7 +32,7 @@ from shapley_svc.engine.shared_generation import generate_greedy_coalitions
 from shapley_svc.errors import ConfigError, at_least
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.types import Coalitions
-from shapley_svc.values.base import require_prepared
+from shapley_svc.values.base import digest, require_prepared
 from shapley_svc.values.multiple_choice import encode_texts, resolve_max_length
 
 logger = logging.getLogger(__name__)
@@ -232,6 +232,12 @@ class GenerativeScoring:
         if len(statistics) != 1:
             raise ConfigError(f"expected the one statistic generate() returns, got {len(statistics)}")
         return self.prompt_generation.texts(statistics[0])
+
+    def generation_fingerprint(self, kind: str, version: int, **specific: object) -> str:
+        """The digest of a generative task: its kind and version, split, metrics, ``specific`` (e.g. the
+        references), the generation settings and the prompts' token ids."""
+        settings = {"kind": kind, "version": version, "split": self.split, "metrics": self.metrics, **specific}
+        return digest(settings | self.generation_settings(), self._prompt_ids)  # type: ignore[arg-type]
 
     def generation_settings(self) -> dict[str, object]:
         """What the generated text depends on beyond the prompts (for fingerprints)."""

@@ -28,7 +28,6 @@ from transformers import PreTrainedTokenizerBase
 from shapley_svc.data.generative import GSM8KItem, load_gsm8k
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
-from shapley_svc.values.base import digest
 from shapley_svc.values.generative import GenerativeScoring, with_eos_text
 from shapley_svc.values.multiple_choice import select_items
 
@@ -128,15 +127,7 @@ class GSM8K(GenerativeScoring):
         return self.set_prompts(tokenizer, self.prompts(), with_eos_text(tokenizer, STOP), "gsm8k")
 
     def fingerprint(self) -> str:
-        settings = {
-            "kind": "gsm8k",
-            "version": FORMAT_VERSION,
-            "split": self.split,
-            "metrics": self.metrics,
-            "references": [item.answer for item in self._items],
-            **self.generation_settings(),
-        }
-        return digest(settings, self._prompt_ids)  # type: ignore[arg-type]
+        return self.generation_fingerprint("gsm8k", FORMAT_VERSION, references=[item.answer for item in self._items])
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         per_item = self.per_item_metrics(self.generated_texts(statistics))

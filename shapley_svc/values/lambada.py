@@ -24,7 +24,6 @@ from transformers import PreTrainedTokenizerBase
 from shapley_svc.data.generative import LambadaItem, load_lambada
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
-from shapley_svc.values.base import digest
 from shapley_svc.values.generative import GenerativeScoring, with_eos_text
 from shapley_svc.values.multiple_choice import select_items
 
@@ -85,15 +84,7 @@ class Lambada(GenerativeScoring):
         )
 
     def fingerprint(self) -> str:
-        settings = {
-            "kind": "lambada",
-            "version": FORMAT_VERSION,
-            "split": self.split,
-            "metrics": self.metrics,
-            "targets": [item.target for item in self._items],
-            **self.generation_settings(),
-        }
-        return digest(settings, self._prompt_ids)  # type: ignore[arg-type]
+        return self.generation_fingerprint("lambada", FORMAT_VERSION, targets=[item.target for item in self._items])
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         correct = self.per_item_correct(self.generated_texts(statistics))

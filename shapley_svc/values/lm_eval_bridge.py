@@ -467,36 +467,17 @@ class LMEvalTask(LoglikelihoodScoring):
 
 
 def masked_lm(
-    masked: MaskedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    mask: Sequence[bool] | None = None,
-    add_bos: bool = False,
-    max_length: int | None = None,
-    *,
-    batch_size: int = 16,
-    max_gen_toks: int = 256,
-    packed: bool = True,
-    use_cache: bool = True,
+    masked: MaskedModel, tokenizer: PreTrainedTokenizerBase, mask: Sequence[bool] | None = None, **options: Any
 ) -> Any:
     """A :class:`~shapley_svc.values.lm_eval_model.MaskedLM` (an lm-eval ``TemplateLM``); lm-eval loads only here.
 
-    ``batch_size``, ``max_gen_toks`` and ``use_cache`` apply to generation; ``packed=False`` scores
-    loglikelihood requests one plain forward each (lm-eval's own loop).
+    ``options`` are MaskedLM's: ``add_bos``, ``max_length``; ``batch_size``, ``max_gen_toks`` and ``use_cache``
+    for generation; ``packed=False`` scores loglikelihood requests one plain forward each (lm-eval's own loop).
     """
     _lm_eval()
     from shapley_svc.values.lm_eval_model import MaskedLM
 
-    return MaskedLM(
-        masked,
-        tokenizer,
-        mask,
-        add_bos=add_bos,
-        max_length=max_length,
-        batch_size=batch_size,
-        max_gen_toks=max_gen_toks,
-        packed=packed,
-        use_cache=use_cache,
-    )
+    return MaskedLM(masked, tokenizer, mask, **options)
 
 
 __all__ = [
