@@ -16,11 +16,16 @@ from shapley_svc.runner.evaluator import Control, Evaluator
 from shapley_svc.spec import PlanSpec
 
 
+def objective_of(request: PlanSpec, task_names: tuple[str, ...]) -> Objective:
+    """``request``'s objective (default: the first task) and limits, checked against the game's tasks."""
+    weights = request.objective or {task_names[0]: 1.0}
+    return Objective(dict(weights), dict(request.limits)).checked(task_names)
+
+
 def problem_of(request: PlanSpec, evaluator: Evaluator, k: int) -> RemovalProblem:
     """The problem of removing ``k`` of ``request``'s target players of the evaluator's game."""
     game = evaluator.game
-    weights = request.objective or {game.task_names[0]: 1.0}
-    objective = Objective(dict(weights), dict(request.limits)).checked(game.task_names)
+    objective = objective_of(request, game.task_names)
     return RemovalProblem.of(game.player_names, game.task_names, k, target=request.resolved_target, objective=objective)
 
 

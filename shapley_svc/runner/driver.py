@@ -22,9 +22,9 @@ import numpy as np
 from shapley_svc.estimators import check_estimator, make_estimator
 from shapley_svc.estimators.result import ShapleyResult
 from shapley_svc.estimators.stopping import make_stopping_rule, round_hooks
-from shapley_svc.planning import SEARCHERS, Objective
+from shapley_svc.planning import SEARCHERS
 from shapley_svc.planning.plan import RemovalPlan
-from shapley_svc.planning.requests import plan_requested
+from shapley_svc.planning.requests import objective_of, plan_requested
 from shapley_svc.runner.estimation import (
     AskTellEstimator,
     EstimationRun,
@@ -355,4 +355,4 @@ def check_job(spec: JobSpec) -> None:
         task_names = build_value_function(tuple(spec.tasks)).task_names
         for request in spec.plans:
             SEARCHERS.build(SEARCHERS.key(request.method), params=request.params)
-            Objective(dict(request.objective or {task_names[0]: 1.0}), dict(request.limits)).checked(task_names)
+            objective_of(request, task_names)
