@@ -84,3 +84,31 @@ def paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, flo
         raise ConfigError(f"need two equal-length item arrays of at least 2 items, got {first.shape}, {second.shape}")
     difference = first - second
     return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
+def bootstrap_stderr(
+    values: np.ndarray, weights: np.ndarray | None = None, *, resamples: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """float[t]: bootstrap standard error of the weighted mean of ``values`` (float[items, t]) per column.
+
+    Items are resampled with replacement ``resamples`` times (seeded); each resample's weighted mean
+    ``sum(c w v) / sum(c w)`` (c: how often each item was drawn) is recomputed, and the standard deviation
+    of those means is the standard error. Fewer than 2 items is a ConfigError (no spread to resample).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    items = len(values)
+    weights = np.ones(items) if weights is None else np.asarray(weights, dtype=np.float64)
+    if values.ndim != 2 or weights.shape != (items,):
+        raise ConfigError(f"need values float[items, t] and weights float[items], got {values.shape}, {weights.shape}")
+    if items < 2:
+        raise ConfigError(f"a bootstrap standard error needs at least 2 items, got {items}: score more items")
+    if resamples < 2 or not (weights > 0).all() or not np.isfinite(values).all():
+        raise ConfigError(
+            f"need resamples >= 2 (got {resamples}), positive weights and finite values to bootstrap a mean"
+        )
+    counts = np.random.default_rng(seed).multinomial(items, np.full(items, 1 / items), size=resamples)  # [B, items]
+    weighted = counts * weights  # [B, items]
+    means = (weighted @ values) / weighted.sum(axis=1, keepdims=True)  # [B, t]
+    return means.std(axis=0, ddof=1)

@@ -29,6 +29,7 @@ from shapley_svc.data.generative import GSM8KItem, load_gsm8k
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
 from shapley_svc.values.generative import GenerativeScoring, with_eos_text
+from shapley_svc.values.items import ItemValues
 from shapley_svc.values.multiple_choice import select_items
 
 FORMAT_VERSION = 1
@@ -132,6 +133,11 @@ class GSM8K(GenerativeScoring):
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         per_item = self.per_item_metrics(self.generated_texts(statistics))
         return np.array([per_item[metric].mean() for metric in self.metrics])
+
+    def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
+        """Each question's exact match under each filter (one column per metric), equally weighted."""
+        per_item = self.per_item_metrics(self.generated_texts(statistics))
+        return ItemValues.unweighted([per_item[metric] for metric in self.metrics])
 
     def per_item_metrics(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Exact match (0/1) of each question under each filter, from the generated texts."""

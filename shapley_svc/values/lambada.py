@@ -25,6 +25,7 @@ from shapley_svc.data.generative import LambadaItem, load_lambada
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
 from shapley_svc.values.generative import GenerativeScoring, with_eos_text
+from shapley_svc.values.items import ItemValues
 from shapley_svc.values.multiple_choice import select_items
 
 FORMAT_VERSION = 1
@@ -89,6 +90,10 @@ class Lambada(GenerativeScoring):
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         correct = self.per_item_correct(self.generated_texts(statistics))
         return np.array([correct.mean()])
+
+    def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
+        """Each passage's 0/1 accuracy, equally weighted."""
+        return ItemValues.unweighted([self.per_item_correct(self.generated_texts(statistics))])
 
     def per_item_correct(self, texts: list[str]) -> np.ndarray:
         """1.0 where the first generated word is the target word, else 0.0."""

@@ -48,6 +48,7 @@ from shapley_svc.model.masked import MaskedModel
 from shapley_svc.types import Coalitions
 from shapley_svc.values.base import digest, require_prepared
 from shapley_svc.values.generative import PromptGeneration
+from shapley_svc.values.items import ItemValues
 from shapley_svc.values.lm_eval_local import write_mmlu_tasks
 from shapley_svc.values.multiple_choice import (
     LoglikelihoodScoring,
@@ -447,6 +448,24 @@ class LMEvalTask(LoglikelihoodScoring):
                 float(aggregation.get(metric, np.mean)(per_doc[column_name(metric, key)]))
                 for metric, key in self._columns
             ]
+        )
+
+    def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
+        """Each document's ``process_results`` value per column, equally weighted; only when every column's
+        metric aggregates by the mean (else a ConfigError naming the column)."""
+        from lm_eval.api.metrics import mean
+
+        aggregation = self._task.aggregation()
+        for metric, key in self._columns:
+            if aggregation.get(metric, np.mean) not in (mean, np.mean):
+                raise ConfigError(
+                    f"{self.task_name}.{column_name(metric, key)} aggregates by "
+                    f"{getattr(aggregation[metric], '__name__', aggregation[metric])}, not the mean: it has no "
+                    "per-item values"
+                )
+        per_doc = self.per_document(statistics)
+        return ItemValues.unweighted(
+            [np.asarray(per_doc[column_name(metric, key)], dtype=np.float64) for metric, key in self._columns]
         )
 
     def per_document(self, statistics: list[np.ndarray]) -> dict[str, list[Any]]:

@@ -22,6 +22,7 @@ from shapley_svc.data.corpus import load_corpus, token_windows
 from shapley_svc.engine import TokenBatch
 from shapley_svc.errors import ConfigError
 from shapley_svc.values.base import digest, require_prepared
+from shapley_svc.values.items import ItemValues
 
 FORMAT_VERSION = 1
 
@@ -80,19 +81,28 @@ class LanguageModelingLoss:
         return digest(settings, self._tokens)
 
     def score(self, batch_index: int, final_hidden: torch.Tensor, head: nn.Module) -> np.ndarray:
-        """[summed capped loss, token count] of one batch, computing logits ``chunk_tokens`` at a time."""
+        """float[w, 2]: [summed capped loss, token count] of each window of one batch (logits ``chunk_tokens``
+        at a time)."""
         if self._tokens is None or self._cap is None:
             raise ConfigError("call prepare(tokenizer) before scoring")
         start = batch_index * self.windows_per_batch
-        targets = self._tokens[start : start + len(final_hidden), 1:].to(final_hidden.device).reshape(-1)
+        windows, predicted = len(final_hidden), final_hidden.shape[1] - 1
+        targets = self._tokens[start : start + windows, 1:].to(final_hidden.device).reshape(-1)
         hidden = final_hidden[:, :-1].reshape(-1, final_hidden.shape[-1])
-        total = 0.0
+        owners = torch.arange(len(targets), device=final_hidden.device) // predicted  # window of each target
+        totals = torch.zeros(windows, dtype=torch.float64, device=final_hidden.device)
         for begin in range(0, len(targets), self.chunk_tokens):
             logits = head(hidden[begin : begin + self.chunk_tokens]).float()
             losses = F.cross_entropy(logits, targets[begin : begin + self.chunk_tokens], reduction="none")
-            total += float(losses.clamp(max=self._cap).sum())
-        return np.array([total, len(targets)], dtype=np.float64)
+            totals.index_add_(0, owners[begin : begin + self.chunk_tokens], losses.clamp(max=self._cap).double())
+        counts = np.full(windows, float(predicted))
+        return np.stack([totals.cpu().numpy(), counts], axis=1)
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
-        summed = np.sum(statistics, axis=0)
+        summed = np.concatenate([np.atleast_2d(batch) for batch in statistics]).sum(axis=0)
         return np.array([-summed[0] / summed[1]])
+
+    def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
+        """Each window's minus mean capped loss, weighted by its token count."""
+        windows = np.concatenate([np.atleast_2d(batch) for batch in statistics])  # [windows, 2]
+        return ItemValues(-(windows[:, 0] / windows[:, 1])[:, None], windows[:, 1])

@@ -43,6 +43,7 @@ from shapley_svc.engine.packing import PackedSequences, pack_sequences
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.values.base import digest, require_prepared
+from shapley_svc.values.items import ItemValues
 from shapley_svc.values.multiple_choice import (
     continuation_logprobs,
     encode_texts,
@@ -263,6 +264,12 @@ class MMLU:
         results = self.results(statistics)
         per_metric = {"p_correct": results.p_correct, "accuracy": results.correct}
         return np.array([per_metric[metric].mean() for metric in self.metrics])
+
+    def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
+        """Each question's metrics (one column per metric), equally weighted."""
+        results = self.results(statistics)
+        per_metric = {"p_correct": results.p_correct, "accuracy": results.correct}
+        return ItemValues.unweighted([per_metric[metric] for metric in self.metrics])
 
     def results(self, statistics: list[np.ndarray], full_vocab: bool | None = None) -> MMLUResults:
         """Per-question results from the statistics of every batch (in any batch order)."""

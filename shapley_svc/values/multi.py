@@ -22,6 +22,7 @@ from shapley_svc.errors import ConfigError
 from shapley_svc.model.masked import MaskedModel
 from shapley_svc.types import Coalitions
 from shapley_svc.values.base import ValueFunction, digest, generate_for, generated_statistics
+from shapley_svc.values.items import ItemValues, item_value_groups
 
 
 class MultiTask:
@@ -96,14 +97,22 @@ class MultiTask:
         return self.value_fns[owner].score(batch_index - self._starts[owner], final_hidden, head)
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
+        columns = [np.asarray(value_fn.finalize(own), dtype=np.float64) for value_fn, own in self._parts(statistics)]
+        return np.concatenate(columns)
+
+    def item_value_groups(self, statistics: list[np.ndarray]) -> tuple[ItemValues, ...]:
+        """Each value function's per-item values, in column order: each column keeps its own items."""
+        return tuple(group for value_fn, own in self._parts(statistics) for group in item_value_groups(value_fn, own))
+
+    def _parts(self, statistics: list[np.ndarray]) -> list[tuple[ValueFunction, list[np.ndarray]]]:
+        """Each value function with its own statistics: its token batches', then those it generated."""
         if not self._prepared:
             raise ConfigError("call prepare(tokenizer) before finalize")
         ends = [*self._starts[1:], self._batches]
         generated = self._batches
-        columns = []
+        parts = []
         for value_fn, start, end in zip(self.value_fns, self._starts, ends, strict=True):
             count = generated_statistics(value_fn)
-            own = statistics[start:end] + statistics[generated : generated + count]
-            columns.append(np.asarray(value_fn.finalize(own), dtype=np.float64))
+            parts.append((value_fn, statistics[start:end] + statistics[generated : generated + count]))
             generated += count
-        return np.concatenate(columns)
+        return parts

@@ -37,6 +37,7 @@ from shapley_svc.engine import TokenBatch
 from shapley_svc.engine.packing import Readout, ScoredSequence, pack_scored
 from shapley_svc.errors import ConfigError, DataError
 from shapley_svc.values.base import digest, require_prepared
+from shapley_svc.values.items import ItemValues
 
 logger = logging.getLogger(__name__)
 
@@ -376,6 +377,11 @@ class MultipleChoice(LoglikelihoodScoring):
         loglikelihoods = self.choice_loglikelihoods(statistics)
         per_item = self.per_item_metrics(loglikelihoods)
         return np.array([per_item[metric].mean() for metric in self._metrics])
+
+    def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
+        """Each item's metrics (one column per metric), equally weighted."""
+        per_item = self.per_item_metrics(self.choice_loglikelihoods(statistics))
+        return ItemValues.unweighted([per_item[metric] for metric in self._metrics])
 
     def choice_loglikelihoods(self, statistics: list[np.ndarray]) -> list[np.ndarray]:
         """Per item, the log-likelihood of each choice's continuation (lm-eval's ``resps``)."""
