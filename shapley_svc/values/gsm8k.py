@@ -13,6 +13,11 @@ Each metric is lm-eval's ``exact_match`` (case ignored; ``,``, ``$``, everything
     flexible-extract  the last number-like run (regex ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match)
 
 Both are accuracies in [0, 1], so the value is bounded.
+
+Clean splits: by default a ranking is estimated on train problems and judged on test ones
+(:mod:`shapley_svc.data.splits`). On the train split the shots are drawn (by the same sampler) only from the
+first ``first_item`` train rows (default :data:`TRAIN_SHOT_POOL`) and the questions start after them, so a
+question is never one of its own shots. On test (lm-eval's choice) the shots come from all of train.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ FILTERS: dict[str, tuple[re.Pattern[str], int]] = {
 }
 _IGNORED = (",", r"\$", r"(?s).*#### ", r"\.$")
 SAMPLERS = ("default", "first_n")
+TRAIN_SHOT_POOL = 1000
+"""Train rows the shots are drawn from when the questions are train rows too (they start after these)."""
 
 
 def extract_answer(text: str, pattern: re.Pattern[str], group_select: int) -> str:
@@ -86,8 +93,9 @@ class GSM8K(GenerativeScoring):
     ``flexible-extract``.
     """
 
-    split: str = "test"
+    split: str = "train"
     limit: int | None = None
+    first_item: int | None = None  # default: TRAIN_SHOT_POOL on the few-shot split, else 0
     sample: int | None = None
     seed: int = 0
     shots: int = 5
@@ -105,7 +113,16 @@ class GSM8K(GenerativeScoring):
             raise ConfigError(f"unknown metric(s) {unknown or '(none given)'}: use some of {', '.join(FILTERS)}")
         if self.fewshot_sampler not in SAMPLERS:
             raise ConfigError(f"unknown fewshot sampler {self.fewshot_sampler!r}: use one of {', '.join(SAMPLERS)}")
+        if self.first_item is not None and self.first_item < 0:
+            raise ConfigError(f"first_item must be >= 0 or None, got {self.first_item}")
         self._items: list[GSM8KItem] = []
+
+    @property
+    def start_item(self) -> int:
+        """The first question's row: ``first_item``, else TRAIN_SHOT_POOL on the few-shot split, else 0."""
+        if self.first_item is not None:
+            return self.first_item
+        return TRAIN_SHOT_POOL if self.split == self.fewshot_split else 0
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -114,8 +131,10 @@ class GSM8K(GenerativeScoring):
     def prompts(self) -> list[str]:
         """Read the questions and their shots; the prompt of each selected question (lm-eval's text)."""
         items = load_gsm8k(self.split, source=self.source, data_dir=self.data_dir)
-        self._items = select_items(items, self.limit, self.sample, self.seed)
+        self._items = select_items(items, self.limit, self.sample, self.seed, self.start_item)
         pool = load_gsm8k(self.fewshot_split, source=self.source, data_dir=self.data_dir) if self.shots else []
+        if self.split == self.fewshot_split:
+            pool = pool[: self.start_item]  # the shots come from the rows before the questions
         draws = fewshot_indices(len(self._items), len(pool), self.shots, self.fewshot_sampler, self.fewshot_seed)
         return [
             "".join(f"Question: {pool[i].question}\nAnswer: {pool[i].answer}\n\n" for i in shots)
@@ -128,7 +147,9 @@ class GSM8K(GenerativeScoring):
         return self.set_prompts(tokenizer, self.prompts(), with_eos_text(tokenizer, STOP), "gsm8k")
 
     def fingerprint(self) -> str:
-        return self.generation_fingerprint("gsm8k", FORMAT_VERSION, references=[item.answer for item in self._items])
+        offset = {"first_item": self.start_item} if self.start_item else {}  # older caches stay valid at 0
+        references = [item.answer for item in self._items]
+        return self.generation_fingerprint("gsm8k", FORMAT_VERSION, references=references, **offset)
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         per_item = self.per_item_metrics(self.generated_texts(statistics))

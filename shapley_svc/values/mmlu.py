@@ -138,15 +138,18 @@ class MMLUResults:
 class MMLU:
     """MMLU k-shot over some subjects; one value column per metric in ``metrics`` (default ``p_correct``).
 
-    Questions: the first ``per_subject`` of each subject's ``split`` (all when None), then a seeded sample of
-    ``sample`` of those (file order kept). Shots: each subject's first ``shots`` dev rows.
+    Questions: ``per_subject`` of each subject's ``split`` from its ``first_item`` (all when None), then a
+    seeded sample of ``sample`` of those (file order kept). Shots: each subject's first ``shots`` dev rows.
+    ``split`` defaults to validation, so a ranking is estimated on other questions than the test questions
+    that judge it (:mod:`shapley_svc.data.splits`); pass ``split="test"`` for the seed paper's choice.
     Example: ``MMLU(subjects=("marketing",), per_subject=20, metrics=("p_correct", "accuracy"))``.
     """
 
     subjects: tuple[str, ...] | None = None
-    split: str = "test"
+    split: str = "validation"
     shots: int = 5
     per_subject: int | None = None
+    first_item: int = 0
     sample: int | None = None
     seed: int = 0
     source: str = "local"
@@ -166,6 +169,8 @@ class MMLU:
             raise ConfigError(f"unknown MMLU metric(s) {unknown or '(none given)'}: use some of {', '.join(METRICS)}")
         if self.per_subject is not None and self.per_subject < 1:
             raise ConfigError(f"per_subject must be >= 1 or None, got {self.per_subject}")
+        if self.first_item < 0:
+            raise ConfigError(f"first_item must be >= 0, got {self.first_item}")
         self.questions: list[MMLUQuestion] = []
         self._batches: list[TokenBatch] = []
         self._readouts: list[LetterReadout] = []
@@ -228,8 +233,9 @@ class MMLU:
         return [LetterReadout.build(entries, self.questions) for entries in per_batch]
 
     def _choose(self, subjects: list[MMLUSubject]) -> dict[str, list[MultipleChoiceItem]]:
-        """The questions asked per subject: first ``per_subject`` each, then a seeded sample of the whole."""
-        flat = [(subject.name, item) for subject in subjects for item in subject.questions[: self.per_subject]]
+        """The questions asked per subject: ``per_subject`` each from ``first_item``, then a seeded sample."""
+        stop = None if self.per_subject is None else self.first_item + self.per_subject
+        flat = [(subject.name, item) for subject in subjects for item in subject.questions[self.first_item : stop]]
         if self.sample is not None:
             if self.sample < 1:
                 raise ConfigError(f"sample must be >= 1 or None, got {self.sample}")

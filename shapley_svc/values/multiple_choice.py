@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DEFAULT_MAX_LENGTH = 2048
 _UNBOUNDED_TOKENIZER_LENGTH = 1_000_000
+ItemT = TypeVar("ItemT")
 
 
 # ----------------------------------------------------------------------------------------------- tokenising
@@ -282,8 +284,9 @@ class TaskTemplate:
 
 
 TASKS: dict[str, TaskTemplate] = {
-    "arc_easy": TaskTemplate("arc_easy", "test", _question_answer, ("acc", "acc_norm")),
-    "arc_challenge": TaskTemplate("arc_challenge", "test", _question_answer, ("acc", "acc_norm")),
+    # ARC estimates on validation by default: test is what judges (shapley_svc.data.splits)
+    "arc_easy": TaskTemplate("arc_easy", "validation", _question_answer, ("acc", "acc_norm")),
+    "arc_challenge": TaskTemplate("arc_challenge", "validation", _question_answer, ("acc", "acc_norm")),
     "hellaswag": TaskTemplate("hellaswag", "validation", _hellaswag, ("acc", "acc_norm")),
     "piqa": TaskTemplate("piqa", "validation", _question_answer, ("acc", "acc_norm")),
     "boolq": TaskTemplate("boolq", "validation", _boolq, ("acc",)),
@@ -301,10 +304,13 @@ def task_template(task: str) -> TaskTemplate:
 
 
 def select_items(
-    items: Sequence[MultipleChoiceItem], limit: int | None, sample: int | None, seed: int
-) -> list[MultipleChoiceItem]:
-    """The first ``limit`` items, then (when ``sample`` is set) a seeded sample of them, kept in file order."""
-    chosen = list(items[:limit] if limit is not None else items)
+    items: Sequence[ItemT], limit: int | None, sample: int | None, seed: int, first_item: int = 0
+) -> list[ItemT]:
+    """``items[first_item : first_item + limit]`` (to the end without a limit), then (when ``sample`` is set) a
+    seeded sample of them, kept in file order."""
+    if first_item < 0 or (limit is not None and limit < 1):
+        raise ConfigError(f"first_item must be >= 0 and limit >= 1 or None, got {first_item} and {limit}")
+    chosen = list(items[first_item : first_item + limit] if limit is not None else items[first_item:])
     if sample is not None:
         if sample < 1:
             raise ConfigError(f"sample must be >= 1, got {sample}")
@@ -323,11 +329,13 @@ class MultipleChoice(LoglikelihoodScoring):
 
     ``metrics`` default to the task's lm-eval metrics (``acc`` and, except BoolQ and Winogrande, ``acc_norm``);
     ``p_correct`` (the softmax of the choices' log-likelihoods at the gold choice) is a smooth bounded option.
+    Items: ``split`` (default: the task's estimation split) from ``first_item``, ``limit`` of them (or to the end).
     """
 
     task: str
     split: str | None = None
     limit: int | None = None
+    first_item: int = 0
     sample: int | None = None
     seed: int = 0
     source: str = "local"
@@ -353,7 +361,7 @@ class MultipleChoice(LoglikelihoodScoring):
         items = load_multiple_choice(
             template.dataset, self.split or template.split, source=self.source, data_dir=self.data_dir
         )
-        selected = select_items(items, self.limit, self.sample, self.seed)
+        selected = select_items(items, self.limit, self.sample, self.seed, self.first_item)
         self._requests = [template.build(item) for item in selected]
         return self.pack_requests(
             tokenizer, [request.pairs for request in self._requests], [item.id for item in selected]
@@ -371,6 +379,8 @@ class MultipleChoice(LoglikelihoodScoring):
             "gold": [request.gold for request in self._requests],
             "norm": [[len(text) for text in request.norm_texts] for request in self._requests],
         }
+        if self.first_item:  # only when set, so values cached before the offset existed stay valid
+            settings["first_item"] = self.first_item
         return digest(settings, self._tokens)
 
     def finalize(self, statistics: list[np.ndarray]) -> np.ndarray:

@@ -107,7 +107,7 @@ def test_gsm8k_prompts_stops_and_scores_equal_lm_eval_s_own_task(tmp_path: Path)
     task = load_task(name, include_path=tmp_path / "tasks")
     task.build_all_requests(limit=len(GENERATIONS), rank=0, world_size=1)
     instances = sorted(task.instances, key=lambda instance: instance.doc_id)
-    ours = GSM8K(limit=len(GENERATIONS))
+    ours = GSM8K(split="test", limit=len(GENERATIONS))
     assert ours.prompts() == [instance.args[0] for instance in instances]
     assert instances[0].args[1]["until"] == ["Question:", "</s>", "<|im_end|>"]
     for instance, text in zip(instances, GENERATIONS, strict=True):
@@ -132,7 +132,9 @@ def test_lambada_and_gsm8k_values_under_each_coalition(small: LoadedModel, data_
     masked = MaskedModel(small.model, small.layout, "sublayer")
     masks = np.array([[1] * 6, [1, 0, 0, 1, 1, 1], [0] * 6], dtype=bool)
     lambada = Lambada(source="local", data_dir=data_dir, batch_size=2)
-    gsm8k = GSM8K(source="local", data_dir=data_dir, shots=1, max_new_tokens=12, fewshot_sampler="first_n")
+    gsm8k = GSM8K(
+        split="test", source="local", data_dir=data_dir, shots=1, max_new_tokens=12, fewshot_sampler="first_n"
+    )
     ticks: list[int] = []
     lambada_game = ModelGame(masked, lambada, small.tokenizer, small.fingerprint)
     gsm8k_game = ModelGame(masked, gsm8k, small.tokenizer, small.fingerprint)
@@ -155,7 +157,7 @@ def test_a_game_generates_its_coalitions_together_as_each_alone(small: LoadedMod
     masks = np.array([[1] * 6, [1, 1, 1, 0, 1, 1], [1, 0, 0, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0] * 6], dtype=bool)
     for value_fn in (
         Lambada(source="local", data_dir=data_dir, batch_size=2),
-        GSM8K(source="local", data_dir=data_dir, shots=1, max_new_tokens=12, fewshot_sampler="first_n"),
+        GSM8K(split="test", source="local", data_dir=data_dir, shots=1, max_new_tokens=12, fewshot_sampler="first_n"),
     ):
         game = ModelGame(masked, value_fn, small.tokenizer, small.fingerprint)
         one_by_one = [game.statistics(mask[None])[0] for mask in masks]
@@ -171,12 +173,15 @@ def test_a_game_generates_its_coalitions_together_as_each_alone(small: LoadedMod
 
 
 def test_prompts_are_lm_eval_s_gsm8k_format(data_dir: Path) -> None:
-    value_fn = GSM8K(source="local", data_dir=data_dir, shots=2, fewshot_sampler="first_n", limit=1)
+    value_fn = GSM8K(split="test", source="local", data_dir=data_dir, shots=2, fewshot_sampler="first_n", limit=1)
     (prompt,) = value_fn.prompts()
     assert prompt.startswith("Question: Tom has 0 apples and buys 2. How many?\nAnswer: He has 0 + 2 = ")
     assert prompt.count("\n\nQuestion: ") == 2 and prompt.endswith("How many?\nAnswer:")
-    drawn = GSM8K(source="local", data_dir=data_dir, shots=2, limit=3).prompts()  # lm-eval's seeded draw
-    assert drawn == GSM8K(source="local", data_dir=data_dir, shots=2, limit=3).prompts() and len(set(drawn)) == 3
+    drawn = GSM8K(split="test", source="local", data_dir=data_dir, shots=2, limit=3).prompts()  # lm-eval's seeded draw
+    assert (
+        drawn == GSM8K(split="test", source="local", data_dir=data_dir, shots=2, limit=3).prompts()
+        and len(set(drawn)) == 3
+    )
 
 
 def test_fingerprints_follow_what_the_text_depends_on(small: LoadedModel, data_dir: Path) -> None:
@@ -198,7 +203,9 @@ def test_a_game_mixing_generation_and_token_batches_equals_the_single_games(smal
     parts: list[Callable[[], object]] = [
         lambda: LanguageModelingLoss(data_dir=data_dir, window=32, windows=2),
         lambda: Lambada(source="local", data_dir=data_dir, max_new_tokens=4),
-        lambda: GSM8K(source="local", data_dir=data_dir, shots=0, max_new_tokens=6, metrics=("flexible-extract",)),
+        lambda: GSM8K(
+            split="test", source="local", data_dir=data_dir, shots=0, max_new_tokens=6, metrics=("flexible-extract",)
+        ),
     ]
     multi = MultiTask([make() for make in parts])  # type: ignore[misc]
     combined = ModelGame(masked, multi, small.tokenizer, small.fingerprint)
@@ -220,7 +227,7 @@ def test_registry_and_bad_settings(small: LoadedModel, data_dir: Path) -> None:
     with pytest.raises(ConfigError, match="unknown metric"):
         Lambada(metrics=("exact",))
     with pytest.raises(ConfigError, match="4 shots but the fewshot split has only 3"):
-        GSM8K(source="local", data_dir=data_dir, shots=4).prompts()
+        GSM8K(split="test", source="local", data_dir=data_dir, shots=4).prompts()
     with pytest.raises(ConfigError, match="no token batches"):
         Lambada().score(0, None, None)  # type: ignore[arg-type]
 

@@ -61,7 +61,7 @@ def test_local_yaml_task_equals_our_mmlu_accuracy(task_dir: tuple[Path, Path, li
     masked = MaskedModel(small_llama.model, small_llama.layout, "sublayer")
     masks = np.random.default_rng(3).random((4, masked.n_players)) < 0.6
     masks[0] = True
-    ours = MMLU(subjects=("astronomy",), data_dir=data, shots=2, metrics=("accuracy",))
+    ours = MMLU(subjects=("astronomy",), split="test", data_dir=data, shots=2, metrics=("accuracy",))
     bridge = LMEvalTask(str(folder / f"{names[0]}.yaml"))
     ours_values = ModelGame(masked, ours, small_llama.tokenizer, small_llama.fingerprint)(masks)
     game = ModelGame(masked, bridge, small_llama.tokenizer, small_llama.fingerprint)

@@ -22,10 +22,15 @@ SUBJECTS = ("astronomy", "high_school_geography")
 
 
 def write_mmlu(folder: Path, questions_per_subject: int = 5, dev_per_subject: int = 3) -> Path:
-    """A small MMLU folder (test + dev JSONL in the shared schema) with short questions."""
+    """A small MMLU folder (test, validation + dev JSONL in the shared schema) with short questions; validation
+    holds the test questions under validation ids (MMLU's default split)."""
     (folder / "mmlu").mkdir(parents=True, exist_ok=True)
     words = ["river", "stone", "market", "window", "bridge", "cat", "town", "water", "sky", "mill"]
-    for split, count in (("test", questions_per_subject), ("dev", dev_per_subject)):
+    for split, count in (
+        ("test", questions_per_subject),
+        ("validation", questions_per_subject),
+        ("dev", dev_per_subject),
+    ):
         rows = []
         for subject_index, subject in enumerate(SUBJECTS):
             for index in range(count):

@@ -47,7 +47,7 @@ def test_pinned_sample_agrees_with_lm_eval_hflm(demo_fp32: LoadedModel, isolated
     torch.set_num_threads(1)  # on a shared 2-core machine two threads per process run many times slower
     try:
         masked = MaskedModel(demo_fp32.model, demo_fp32.layout, "block")
-        value_fn = MMLU(subjects=PINNED_SUBJECTS, per_subject=20, shots=5)
+        value_fn = MMLU(subjects=PINNED_SUBJECTS, split="test", per_subject=20, shots=5)
         ours = evaluate_questions(masked, value_fn, demo_fp32.tokenizer)
         subjects = [replace(s, questions=s.questions[:20]) for s in load_mmlu(subjects=PINNED_SUBJECTS, shots=5)]
         folder = isolated_hf_home / "tasks"

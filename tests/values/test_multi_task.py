@@ -59,7 +59,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def value_fns(data_dir: Path) -> list:
     return [
-        MMLU(data_dir=data_dir, shots=2, metrics=("p_correct", "accuracy")),
+        MMLU(split="test", data_dir=data_dir, shots=2, metrics=("p_correct", "accuracy")),
         MultipleChoice("piqa", data_dir=data_dir),
         LanguageModelingLoss(data_dir=data_dir, window=32, windows=2),
     ]
