@@ -86,8 +86,9 @@ def lm_task(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
 
 def held_out_task(args: argparse.Namespace) -> dict[str, Any]:
     """The held-out ``lm_loss`` task: the windows after the calibration ones, one per batch (valued apart)."""
-    windows = args.held_out_windows or max(2, args.windows)
-    return lm_task(args, windows=windows, first_window=args.windows, windows_per_batch=1)
+    from shapley_svc.data.splits import judging_task
+
+    return judging_task("lm_loss", lm_task(args)["params"], items=args.held_out_windows or max(2, args.windows))
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:
