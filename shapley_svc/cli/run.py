@@ -25,6 +25,8 @@ from shapley_svc.cli.game_options import (
     resolve_defaults,
     store_path,
 )
+from shapley_svc.cli.job import add_noise_option, print_cost
+from shapley_svc.errors import ConfigError
 
 DEFAULT_BUDGET_PER_PLAYER = 5
 SHAPLEY_LABEL = "shapley"
@@ -60,6 +62,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--out", default=None, help="RankingSet JSON to write (default runs/<model>-<granularity>-rankings.json)"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the job spec run would, then time one worker and print its expected cost and, per task, "
+        "the items --noise needs; nothing is evaluated into the store",
+    )
+    add_noise_option(parser)
     parser.add_argument(
         "--plans",
         type=plan_sizes,
@@ -142,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(1)
     check_estimator(args.estimator)  # an unknown name fails before the model loads
     resolve_defaults(args)
+    if args.dry_run:
+        return print_cost(build_spec(args, player_count(args)), args)
+    if args.noise:
+        raise ConfigError("--noise sets the target of a dry run: add --dry-run")
     static, model_fingerprint, n_players = static_rankings(args)
     spec = build_spec(args, n_players)
     out_path = Path(args.out or DEFAULT_OUT_DIR / f"{Path(args.model).name}-{args.granularity}-rankings.json")
@@ -161,6 +174,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"rankings written to {out_path}; values cached in {spec.store.path}")
     print(json.dumps(outcome.summary() | {"rankings": str(out_path)}))
     return 0
+
+
+def player_count(args: argparse.Namespace) -> int:
+    """The number of players of the model at the granularity of ``args`` (the model is loaded once here)."""
+    from shapley_svc.model.loading import load_model
+    from shapley_svc.model.masked import MaskedModel
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    return MaskedModel(loaded.model, loaded.layout, args.granularity).n_players
 
 
 def static_rankings(args: argparse.Namespace) -> tuple[list[Any], str, int]:

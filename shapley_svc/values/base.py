@@ -139,6 +139,7 @@ class ModelGame:
     ):
         self.masked = masked
         self.value_fn = value_fn
+        self.tokenizer = tokenizer  # kept so that another value function can be played on the same model
         self.engine = BatchedEngine(masked)
         device = next(masked.model.parameters()).device
         self._batches: list[PreparedBatch] = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,29 @@ def test_run_refuses_an_unknown_estimator_in_one_line(
     assert code == 2
     error = capsys.readouterr().err
     assert "permutation" in error and "Traceback" not in error
+
+
+def test_run_dry_run_estimates_the_spec_run_would_build_and_runs_nothing(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shapley_svc.runner.driver as driver
+
+    def no_job(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a dry run must not start a job")
+
+    monkeypatch.setattr(driver, "run_job", no_job)
+    args = [
+        "run", "--model", str(tiny_checkpoint), "--dtype", "float32", "--executor", "local", "--corpus", "lambada",
+        "--windows", "4", "--window", "32", "--budget", "12", "--store", str(tmp_path / "s.sqlite"),
+        "--out", str(tmp_path / "r.json"), "--no-progress", "--plans", "none", "--dry-run", "--noise", "0.05",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    cost = json.loads(out.strip().splitlines()[-1])
+    assert cost["evaluations"] == {"block": 24}, "the spec run builds: its budget x (Shapley + leave-one-out)"
+    (row,) = cost["tasks"]
+    assert row["task"] == "lambada.neg_loss" and row["items"] == 4 and row["noise"] == 0.05
+    assert row["items_needed"] == max(2, math.ceil(4 * (row["stderr"] / 0.05) ** 2))
+    assert row["stderr"] > 0 and row["job_seconds_needed"] > 0
+    assert not (tmp_path / "s.sqlite").exists() and not (tmp_path / "r.json").exists(), "nothing stored or written"
+    assert main([*args[:-3], "--noise", "0.05"]) == 2, "--noise without --dry-run is refused"
