@@ -225,6 +225,11 @@ class JobSpec(_Strict):
         description="tasks on other data than tasks (e.g. lm_loss windows after them, windows_per_batch: 1) on "
         "which every plan is checked against the full model, item by item",
     )
+    allow_overlap: bool = Field(
+        False,
+        description="allow held_out to share items with tasks (refused by default: a plan judged on the data it "
+        "was chosen on looks better than it is; see shapley_svc.data.splits)",
+    )
 
     @field_validator("estimators")
     @classmethod

@@ -99,6 +99,7 @@ class SeedCompatibleEstimator(MeanDifferenceEstimator):
     """
 
     name = "seed_compatible"
+    follows_seed_paper = True  # the driver notes when it also reproduces the paper's MMLU test-set choice
 
     def __init__(self, settings: EstimatorSettings, keep_fraction: float = 0.9, round_size: int | None = None) -> None:
         super().__init__(settings, round_size)

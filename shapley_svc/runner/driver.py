@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from shapley_svc.data.splits import check_disjoint, seed_paper_note, split_provenance
 from shapley_svc.estimators import check_estimator, make_estimator
 from shapley_svc.estimators.result import ShapleyResult
 from shapley_svc.estimators.stopping import make_stopping_rule, round_hooks
@@ -35,7 +36,7 @@ from shapley_svc.runner.estimation import (
 )
 from shapley_svc.runner.evaluator import Control, Evaluator, JobCancelledError
 from shapley_svc.runner.executors import HELD_OUT, Executor, GameInfo, build_value_function, make_executor
-from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, PlanSpec
+from shapley_svc.spec import BudgetSpec, EstimatorSpec, JobSpec, PlanSpec, TaskSpec
 from shapley_svc.store.base import JobNotFoundError, JobRecord, JobStateError, JobStatus, ResultStore
 from shapley_svc.store.sqlite import SQLiteStore
 
@@ -251,6 +252,7 @@ class _JobRun:
         )
         plan = plan_requested(request, evaluator, held_out=held_out, progress=control)
         provenance = {"job_id": self.job_id, "plan": request.key, "game": evaluator.game.fingerprint}
+        provenance |= splits_provenance(self.spec)
         plan = plan.with_provenance(provenance | evaluator.provenance())
         self.store.put_plan(self.job_id, name=request.key, granularity=evaluator.game.key, plan_json=plan.to_json())
         self.store.update_job(self.job_id, progress=progress | {"plans": [*progress["plans"], request.key]})
@@ -286,7 +288,8 @@ class _JobRun:
 
         control = Control(self.progress_bar, description=label, on_progress=on_progress, should_cancel=self.cancelled)
         stats = run.run(control)
-        provenance = {"job_id": self.job_id, "run": label} | evaluator.provenance()
+        provenance = {"job_id": self.job_id, "run": label} | evaluator.provenance() | splits_provenance(self.spec)
+        provenance |= seed_paper_provenance(prepared.estimator, self.spec)
         results = results_per_task(prepared.estimator.result(), game, provenance=provenance)
         for task, result_json in results.items():
             self.store.put_result(
@@ -299,6 +302,25 @@ class _JobRun:
             },
         )
         return RunOutcome(game.key, estimator_spec.key, stats, results)
+
+
+def task_pairs(tasks: Sequence[TaskSpec]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, params) of each task, as :mod:`shapley_svc.data.splits` reads them."""
+    return [(task.name, task.params) for task in tasks]
+
+
+def splits_provenance(spec: JobSpec) -> dict[str, Any]:
+    """The estimation and judging slices of ``spec`` and whether they were allowed to overlap."""
+    return {"splits": split_provenance(task_pairs(spec.tasks), task_pairs(spec.held_out), spec.allow_overlap)}
+
+
+def seed_paper_provenance(estimator: object, spec: JobSpec) -> dict[str, Any]:
+    """A note (also logged) when an estimator that follows the seed paper estimates on MMLU test questions."""
+    note = seed_paper_note(task_pairs(spec.tasks)) if getattr(estimator, "follows_seed_paper", False) else None
+    if note is None:
+        return {}
+    logger.info("event=seed_paper_test_set estimator=%s %s", type(estimator).__name__, note)
+    return {"seed_paper": note}
 
 
 def _runs_progress(runs: list[RunOutcome]) -> list[dict[str, Any]]:
@@ -347,7 +369,9 @@ def default_estimator_factory(spec: EstimatorSpec, game: GameInfo, budget: Budge
 
 def check_job(spec: JobSpec) -> None:
     """Fail before any model loads on an unknown estimator, estimator parameter or stopping rule of ``spec``,
-    or a plan whose searcher, options or objective tasks are unknown."""
+    a plan whose searcher, options or objective tasks are unknown, or held-out data overlapping the tasks'
+    (unless ``allow_overlap``)."""
+    check_disjoint(task_pairs(spec.tasks), task_pairs(spec.held_out), allow_overlap=spec.allow_overlap)
     for estimator in spec.estimators:
         check_estimator(estimator.name, estimator.params)
     make_stopping_rule(spec.budget.stopping)

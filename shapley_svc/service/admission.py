@@ -314,6 +314,22 @@ def _check_held_out(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
             yield from _check_task(admission, task, ("held_out", index))
 
 
+def _check_overlap(admission: Admission, spec: JobSpec) -> Iterator[Violation]:
+    """Held-out data disjoint from the tasks' unless the spec allows overlap (built-in held-out tasks only)."""
+    from shapley_svc.data.splits import check_disjoint, overlaps
+
+    tasks = [(task.name, task.params) for task in spec.tasks]
+    held_out = [(task.name, task.params) for task in spec.held_out if not _is_lm_eval(task.name)]
+    try:
+        overlaps(tasks, held_out)
+    except Exception:  # bad task names or parameters: the task checks refuse them, naming their field
+        return
+    try:
+        check_disjoint(tasks, held_out, allow_overlap=spec.allow_overlap)
+    except ConfigError as error:
+        yield Violation(("held_out",), "clean_splits", str(error))
+
+
 SECTION_CHECKS: dict[str, SectionCheck] = {
     "version": _nothing_to_check,
     "name": _nothing_to_check,  # a label, bounded by max_request_bytes
@@ -326,6 +342,7 @@ SECTION_CHECKS: dict[str, SectionCheck] = {
     "store": _nothing_to_check,  # never opened: the server runs every job on its own store
     "plans": _check_plans,
     "held_out": _check_held_out,
+    "allow_overlap": _check_overlap,
 }
 """One check per JobSpec section; a section missing here is refused (see the module docstring)."""
 

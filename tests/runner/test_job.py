@@ -369,6 +369,12 @@ def test_a_jobs_plans_read_the_estimators_cached_values_and_are_checked_on_held_
         stored_plans = {record.name: json.loads(record.plan_json) for record in store.get_plans(outcome.job_id)}
     assert stored_plans["block-block-2"]["removed"] == list(outcome.plans[0].plan.removed)
     assert stored_plans["block-block-2"]["provenance"]["job_id"] == outcome.job_id
+    splits = stored_plans["block-block-2"]["provenance"]["splits"]
+    assert [piece["text"] for piece in splits["estimation_slices"]] == ["wikitext2 test tokens 0-63"]
+    assert [piece["text"] for piece in splits["judging_slices"]] == ["wikitext2 test tokens 64-159"]
+    assert splits["allow_overlap"] is False and splits["overlapping"] == []
+    result_provenance = json.loads(outcome.runs[0].results["wikitext2.neg_loss"])["params"]["provenance"]
+    assert result_provenance["splits"] == splits
     assert outcome.summary()["plans"][0]["name"] == "block-block-2"
 
 
@@ -380,3 +386,27 @@ def test_a_plan_naming_an_unknown_task_or_searcher_fails_before_any_model_loads(
     ):
         with pytest.raises(ConfigError, match=message):
             run_job(parse_spec(base | {"plans": [plan]}), progress_bar=False)
+
+
+def test_held_out_data_overlapping_the_tasks_is_refused_before_any_model_loads_unless_allowed(tmp_path: Path) -> None:
+    from shapley_svc.runner.driver import check_job
+
+    base = job_spec(tmp_path / "no-such-model", tmp_path / "s.sqlite").model_dump(mode="json")
+    overlapping = base | {
+        "held_out": [{"name": "lm_loss", "params": {**base["tasks"][0]["params"], "first_window": 1}}]
+    }
+    with pytest.raises(ConfigError, match=r"held_out.0 lm_loss \(wikitext2 test tokens .*overlaps tasks.0"):
+        run_job(parse_spec(overlapping), progress_bar=False)  # the model path does not exist: nothing loaded
+    check_job(parse_spec(overlapping | {"allow_overlap": True}))
+
+
+def test_the_seed_compatible_estimator_on_mmlu_test_questions_says_it_reproduces_the_seed_paper(tmp_path: Path) -> None:
+    from shapley_svc.estimators import make_estimator
+    from shapley_svc.runner.driver import seed_paper_provenance
+
+    base = job_spec(tmp_path / "m", tmp_path / "s.sqlite").model_dump(mode="json")
+    on_test = parse_spec(base | {"tasks": [{"name": "mmlu", "params": {"split": "test", "per_subject": 2}}]})
+    seed = make_estimator("seed_compatible", 4, 16, 0)
+    assert "seed paper's test-set choice" in seed_paper_provenance(seed, on_test)["seed_paper"]
+    assert seed_paper_provenance(seed, parse_spec(base | {"tasks": [{"name": "mmlu"}]})) == {}
+    assert seed_paper_provenance(make_estimator("permutation", 4, 16, 0), on_test) == {}

@@ -181,7 +181,7 @@ def test_plans_and_held_out_tasks_fall_under_the_policy() -> None:
             {"remove": 3, "budget": 10, "method": "beam", "params": {"width": "wide"}},
         ],
         held_out=[
-            {"name": "lm_loss", "params": {"data_dir": "/tmp", "window": 8192}},
+            {"name": "lm_loss", "params": {"data_dir": "/tmp", "window": 8192, "first_window": 1}},
             {"name": "lm_eval:arc_easy"},
         ],
     )
@@ -193,6 +193,14 @@ def test_plans_and_held_out_tasks_fall_under_the_policy() -> None:
         "held_out.0.params.window": "max_sequence_tokens",
         "held_out.1.name": "known_names",
     }
+
+
+def test_held_out_data_overlapping_the_tasks_is_refused_unless_the_spec_allows_it() -> None:
+    overlapping = {"name": "lm_loss", "params": {"windows": 2, "first_window": 1}}
+    assert refusals(Admission(), spec(held_out=[overlapping])) == {"held_out": "clean_splits"}
+    assert refusals(Admission(), spec(held_out=[overlapping], allow_overlap=True)) == {}
+    piqa = {"name": "piqa", "params": {"limit": 10}}
+    assert refusals(Admission(), spec(tasks=[piqa], held_out=[piqa])) == {"held_out": "clean_splits"}
 
 
 def test_parameters_of_the_wrong_type_are_refused_not_crashed_on() -> None:
