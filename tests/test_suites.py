@@ -1,0 +1,74 @@
+"""Task suites: a file parses to the job's tasks, held-out counterparts and weights, or is refused by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shapley_svc.data.splits import check_disjoint, task_slice
+from shapley_svc.errors import ConfigError
+from shapley_svc.suites import load_suite, parse_suite
+
+SHIPPED = Path(__file__).resolve().parents[1] / "suites" / "tradeoffs.yaml"
+
+
+def test_the_shipped_suite_parses_to_tasks_weights_and_clean_held_out_slices() -> None:
+    suite = load_suite(SHIPPED)
+    tasks, held_out = suite.job_tasks(), suite.held_out_tasks()
+    assert [task.name for task in tasks] == ["lm_loss", "arc_easy", "piqa", "hellaswag", "lambada", "mmlu"]
+    assert all(task.params["limit"] >= 200 for task in tasks if task.name in ("arc_easy", "piqa", "hellaswag"))
+    assert [str(task_slice(task.name, task.params)) for task in held_out][:3] == [
+        "wikitext2 test tokens 1024-2047",
+        "arc_easy test items 0-199",
+        "piqa validation items 200-399",
+    ]
+    check_disjoint([(t.name, t.params) for t in tasks], [(t.name, t.params) for t in held_out])
+    assert suite.objective()["mmlu.p_correct"] == 1.0 and len(suite.objective()) == 6
+
+
+def test_items_split_weight_and_held_out_items_map_onto_each_family(tmp_path: Path) -> None:
+    path = tmp_path / "suite.json"
+    path.write_text(
+        '{"name": "s", "tasks": [{"name": "mmlu", "items": 3, "split": "test", "weight": 2, "held_out_items": 4},'
+        ' {"name": "lm_loss", "items": 2}, {"name": "gsm8k", "items": 10, "params": {"shots": 1}}]}'
+    )
+    suite = load_suite(path)
+    assert [task.params for task in suite.job_tasks()] == [
+        {"per_subject": 3, "split": "test"},
+        {"windows": 2},
+        {"shots": 1, "limit": 10},
+    ]
+    mmlu, lm, gsm8k = suite.held_out_tasks()
+    assert mmlu.params == {"per_subject": 4, "split": "test", "first_item": 3}
+    assert lm.params["first_window"] == 2 and gsm8k.params["split"] == "test"
+    assert suite.objective() == {"mmlu.p_correct": 2.0, "wikitext2.neg_loss": 1.0, "gsm8k.strict-match": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"name": "s", "tasks": [{"name": "piqa", "items": 10, "colour": 1}]}, "tasks.0.colour"),
+        ({"name": "s", "tasks": [{"name": "piqa", "items": 10}], "extra": 1}, "extra"),
+        ({"name": "s", "tasks": [{"name": "piqa", "items": "many"}]}, "tasks.0.items"),
+        ({"name": "s", "tasks": [{"name": "piqa", "items": 10, "weight": -1}]}, "tasks.0.weight"),
+        ({"tasks": [{"name": "piqa", "items": 10}]}, "name"),
+        ({"name": "s", "tasks": [{"name": "piqa", "items": 5}, {"name": "piqqa"}]}, "tasks.1.name"),
+        ({"name": "s", "tasks": [{"name": "piqa", "items": 5, "params": {"limmit": 3}}]}, "tasks.0.params"),
+        ({"name": "s", "tasks": [{"name": "piqa"}]}, "tasks.0.params"),  # to the end: nothing left to judge
+    ],
+)
+def test_bad_suites_are_refused_with_the_field_s_path(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match="task suite is invalid") as refused:
+        parse_suite(data)
+    assert f"  {field}:" in str(refused.value)
+
+
+def test_every_bad_field_is_listed_at_once_and_files_must_be_yaml_or_json(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"2 problem\(s\)"):
+        parse_suite({"name": "s", "tasks": [{"name": "nope"}, {"name": "piqa", "items": 2, "params": {"x": 1}}]})
+    with pytest.raises(ConfigError, match="must end in"):
+        load_suite(tmp_path / "suite.txt")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        parse_suite([1, 2])
