@@ -72,3 +72,19 @@ def test_every_bad_field_is_listed_at_once_and_files_must_be_yaml_or_json(tmp_pa
         load_suite(tmp_path / "suite.txt")
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_suite([1, 2])
+
+
+def test_run_with_a_suite_builds_its_tasks_held_out_counterparts_and_objective() -> None:
+    from shapley_svc.cli import build_parser
+    from shapley_svc.cli.game_options import resolve_defaults
+    from shapley_svc.cli.run import build_spec
+
+    args = build_parser().parse_args(["run", "--suite", str(SHIPPED), "--executor", "local"])
+    resolve_defaults(args)
+    spec = build_spec(args, n_players=6)
+    assert [task.name for task in spec.tasks] == [task.name for task in load_suite(SHIPPED).job_tasks()]
+    assert spec.held_out == load_suite(SHIPPED).held_out_tasks() and not spec.allow_overlap
+    assert spec.plans and all(plan.objective == load_suite(SHIPPED).objective() for plan in spec.plans)
+    plain = build_parser().parse_args(["run", "--executor", "local"])
+    resolve_defaults(plain)
+    assert [task.name for task in build_spec(plain, n_players=6).tasks] == ["lm_loss"]  # unchanged without a suite

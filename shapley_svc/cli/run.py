@@ -77,6 +77,13 @@ def register(subparsers: Any) -> None:
         help="how many players the recommended plans remove ('none': no plans); each searched by the default "
         "searcher on half of greedy search's reads (at least players + 2), reusing the job's cached values",
     )
+    parser.add_argument(
+        "--suite",
+        default=None,
+        metavar="FILE",
+        help="a task suite (YAML/JSON, e.g. suites/tradeoffs.yaml): its tasks replace the language-modelling task, "
+        "its held-out counterparts judge the plans and its weights are the plans' objective",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -117,12 +124,14 @@ def build_spec(args: argparse.Namespace, n_players: int) -> Any:
 
     budget = args.budget or DEFAULT_BUDGET_PER_PLAYER * n_players
     plans = plan_requests(args.plans, n_players, args.granularity)
+    objective = suite_objective(args)
+    plans = [plan | {"objective": objective} for plan in plans] if objective else plans
     return parse_spec(
         {
             "name": f"shapley-svc run {args.model}",
             "model": {"name": args.model, "dtype": args.dtype, "device": args.device},
             "players": {"granularities": [args.granularity]},
-            "tasks": [lm_task(args)],
+            "tasks": suite_tasks(args)[0],
             "estimators": [
                 {"name": args.estimator, "seed": args.seed, "label": SHAPLEY_LABEL},
                 {"name": "leave_one_out", "seed": args.seed},
@@ -131,9 +140,28 @@ def build_spec(args: argparse.Namespace, n_players: int) -> Any:
             "executor": executor_options(args),
             "store": {"path": store_path(args), "reuse_across_setups": args.reuse_across_setups},
         }
-        | ({"plans": plans, "held_out": [held_out_task(args)]} if plans else {}),
+        | ({"plans": plans, "held_out": suite_tasks(args)[1]} if plans else {}),
         source="run options",
     )
+
+
+def suite_tasks(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(tasks, held-out tasks): those of ``--suite``, else the lm_loss task and the windows after it."""
+    if getattr(args, "suite", None) is None:
+        return [lm_task(args)], [held_out_task(args)]
+    from shapley_svc.suites import load_suite
+
+    suite = load_suite(args.suite)
+    return [task.model_dump() for task in suite.job_tasks()], [task.model_dump() for task in suite.held_out_tasks()]
+
+
+def suite_objective(args: argparse.Namespace) -> dict[str, float] | None:
+    """The plans' objective weights of ``--suite`` (None without one: the first task)."""
+    if getattr(args, "suite", None) is None:
+        return None
+    from shapley_svc.suites import load_suite
+
+    return load_suite(args.suite).objective()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_job(spec, progress_bar=not args.no_progress)
     with SQLiteStore(spec.store.path) as store:
         records = store.get_results(outcome.job_id)
-    results = {record.estimator: ShapleyResult.from_json(record.result_json) for record in records}
+    first = next(iter(suite_objective(args) or {}), None)  # with a suite, the table shows its first task
+    chosen = [record for record in records if first is None or record.task == first]
+    results = {record.estimator: ShapleyResult.from_json(record.result_json) for record in chosen}
     shapley = results[SHAPLEY_LABEL]
     rankings = [*estimated_rankings(results, args.granularity, model_fingerprint, outcome.job_id), *static]
     RankingSet(rankings=tuple(rankings)).save(out_path)
