@@ -222,7 +222,7 @@ class JobSpec(_Strict):
     plans: list[PlanSpec] = Field(default_factory=list)
     held_out: list[TaskSpec] = Field(
         default_factory=list,
-        description="tasks on other data than tasks (e.g. lm_loss windows after them, windows_per_batch: 1) on "
+        description="tasks on other data than tasks (e.g. lm_loss windows after them, MMLU test questions) on "
         "which every plan is checked against the full model, item by item",
     )
     allow_overlap: bool = Field(

@@ -130,9 +130,7 @@ def judging_task(name: str, params: Mapping[str, Any] | None = None, items: int 
             )
         start = estimated.stop // _window(name, params)
     judged = dict(params or {}) | {size_param: items if items is not None else per_unit, offset_param: start}
-    if family == "lm_loss":
-        judged["windows_per_batch"] = 1  # each window its own batch: plans are checked window by window
-    else:
+    if family != "lm_loss":
         judged["split"] = split
     return {"name": name, "params": judged}
 

@@ -1,8 +1,9 @@
 """Held-out check of a plan: the full model and the plan's remaining set on data the search never read.
 
-The held-out game values each item (a window of a corpus, see :class:`~shapley_svc.values.per_batch.PerBatch`)
-apart, so the plan's cost is a paired difference over items, with a Student-t interval. Both coalitions go
-through the evaluator of the held-out game, so they are cached like any other value.
+The held-out game values each item (a corpus window, a question, a passage; see
+:class:`~shapley_svc.values.per_item.PerItem`) apart, so the plan's cost is a paired difference over items,
+with a Student-t interval. Both coalitions go through the evaluator of the held-out game, so they are cached
+like any other value.
 """
 
 from __future__ import annotations

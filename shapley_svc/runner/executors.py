@@ -98,8 +98,8 @@ Finished = ChunkResult | LostChunk
 class WorkerSetup:
     """Everything a worker needs to build its games; plain data, sent to each worker once.
 
-    ``held_out`` tasks (self-contained batches, e.g. ``lm_loss``) give each granularity a second game,
-    ``<granularity>.held_out``, valued per batch (:class:`~shapley_svc.values.per_batch.PerBatch`), on which
+    ``held_out`` tasks (any mean over items: windows, questions, passages) give each granularity a second
+    game, ``<granularity>.held_out``, valued per item (:class:`~shapley_svc.values.per_item.PerItem`), on which
     plans are checked item by item against the full model.
     """
 
@@ -125,16 +125,16 @@ HELD_OUT = ".held_out"
 """Suffix of the key of a granularity's held-out game."""
 
 
-def build_value_function(tasks: tuple[TaskSpec, ...], *, per_batch: bool = False) -> ValueFunction:
-    """One value function scoring every task of ``tasks`` (one value column per task, or per task and batch
-    with ``per_batch``), via the registry."""
+def build_value_function(tasks: tuple[TaskSpec, ...], *, per_item: bool = False) -> ValueFunction:
+    """One value function scoring every task of ``tasks`` (one value column per task, or per task and item
+    with ``per_item``), via the registry."""
     from shapley_svc.values import make_value_fn
     from shapley_svc.values.multi import MultiTask
-    from shapley_svc.values.per_batch import PerBatch
+    from shapley_svc.values.per_item import per_item as item_by_item
 
     value_fns = [make_value_fn(task.name, task.params) for task in tasks]
-    if per_batch:
-        value_fns = [PerBatch(value_fn) for value_fn in value_fns]
+    if per_item:
+        value_fns = [item_by_item(value_fn) for value_fn in value_fns]
     return value_fns[0] if len(value_fns) == 1 else MultiTask(value_fns)
 
 
@@ -153,7 +153,7 @@ def build_games(setup: WorkerSetup) -> dict[str, FingerprintedGame]:
         masked = MaskedModel(loaded.model, loaded.layout, granularity)
         games[granularity] = ModelGame(masked, build_value_function(setup.tasks), loaded.tokenizer, loaded.fingerprint)
         if setup.held_out:
-            held_out = build_value_function(setup.held_out, per_batch=True)
+            held_out = build_value_function(setup.held_out, per_item=True)
             games[granularity + HELD_OUT] = ModelGame(masked, held_out, loaded.tokenizer, loaded.fingerprint)
     return games
 

@@ -155,6 +155,10 @@ class GSM8K(GenerativeScoring):
         per_item = self.per_item_metrics(self.generated_texts(statistics))
         return np.array([per_item[metric].mean() for metric in self.metrics])
 
+    def item_count(self) -> int:
+        """The items prepared."""
+        return len(self._items)
+
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """Each question's exact match under each filter (one column per metric), equally weighted."""
         per_item = self.per_item_metrics(self.generated_texts(statistics))

@@ -2,9 +2,9 @@
 
 Most values are (weighted) means over items: corpus windows weighted by their token counts (``lm_loss``),
 questions (MMLU, multiple choice, GSM8K, LAMBADA), documents (lm-eval tasks whose metric aggregates by mean).
-Such a value function has the optional method ``item_values(statistics) -> ItemValues`` (the
-:class:`ItemValued` protocol, checked with ``isinstance``; the registry does not require it), computed from
-the same statistics as ``finalize``, with ``finalize(statistics) == item_values(statistics).mean()``.
+Such a value function has the optional methods ``item_values(statistics) -> ItemValues`` and ``item_count()``
+(the :class:`ItemValued` protocol, checked with ``isinstance``; the registry does not require it), computed
+from the same statistics as ``finalize``, with ``finalize(statistics) == item_values(statistics).mean()``.
 A value function whose columns come from different item sets (:class:`~shapley_svc.values.multi.MultiTask`)
 has ``item_value_groups(statistics)`` instead: one :class:`ItemValues` per consecutive block of columns.
 
@@ -63,6 +63,10 @@ class ItemValued(Protocol):
 
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """The per-item values whose weighted mean per column is ``finalize(statistics)``."""
+        ...
+
+    def item_count(self) -> int:
+        """How many items ``item_values`` gives (after ``prepare``)."""
         ...
 
 

@@ -96,6 +96,10 @@ class Lambada(GenerativeScoring):
         correct = self.per_item_correct(self.generated_texts(statistics))
         return np.array([correct.mean()])
 
+    def item_count(self) -> int:
+        """The items prepared."""
+        return len(self._items)
+
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """Each passage's 0/1 accuracy, equally weighted."""
         return ItemValues.unweighted([self.per_item_correct(self.generated_texts(statistics))])

@@ -450,6 +450,10 @@ class LMEvalTask(LoglikelihoodScoring):
             ]
         )
 
+    def item_count(self) -> int:
+        """The documents prepared."""
+        return len(self._docs)
+
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """Each document's ``process_results`` value per column, equally weighted; only when every column's
         metric aggregates by the mean (else a ConfigError naming the column)."""

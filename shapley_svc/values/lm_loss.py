@@ -102,6 +102,12 @@ class LanguageModelingLoss:
         summed = np.concatenate([np.atleast_2d(batch) for batch in statistics]).sum(axis=0)
         return np.array([-summed[0] / summed[1]])
 
+    def item_count(self) -> int:
+        """The windows prepared."""
+        if self._tokens is None:
+            raise ConfigError("call prepare(tokenizer) before counting its items")
+        return len(self._tokens)
+
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """Each window's minus mean capped loss, weighted by its token count."""
         windows = np.concatenate([np.atleast_2d(batch) for batch in statistics])  # [windows, 2]

@@ -271,6 +271,10 @@ class MMLU:
         per_metric = {"p_correct": results.p_correct, "accuracy": results.correct}
         return np.array([per_metric[metric].mean() for metric in self.metrics])
 
+    def item_count(self) -> int:
+        """The questions prepared."""
+        return len(self.questions)
+
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """Each question's metrics (one column per metric), equally weighted."""
         results = self.results(statistics)

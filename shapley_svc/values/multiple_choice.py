@@ -388,6 +388,12 @@ class MultipleChoice(LoglikelihoodScoring):
         per_item = self.per_item_metrics(loglikelihoods)
         return np.array([per_item[metric].mean() for metric in self._metrics])
 
+    def item_count(self) -> int:
+        """The items prepared."""
+        if self._requests is None:
+            raise ConfigError("call prepare(tokenizer) before counting its items")
+        return len(self._requests)
+
     def item_values(self, statistics: list[np.ndarray]) -> ItemValues:
         """Each item's metrics (one column per metric), equally weighted."""
         per_item = self.per_item_metrics(self.choice_loglikelihoods(statistics))

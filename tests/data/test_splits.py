@@ -112,7 +112,7 @@ def test_judging_items_size_the_counterpart() -> None:
     judged = judging_task("piqa", {"limit": 200, "metrics": ["acc"]}, items=50)
     assert judged["params"] == {"limit": 50, "first_item": 200, "split": "validation", "metrics": ["acc"]}
     lm = judging_task("lm_loss", {"windows": 4, "window": 64}, items=2)["params"]
-    assert lm == {"windows": 2, "window": 64, "first_window": 4, "windows_per_batch": 1}
+    assert lm == {"windows": 2, "window": 64, "first_window": 4}
 
 
 def test_provenance_records_both_sides_and_the_seed_paper_note() -> None:

@@ -410,3 +410,32 @@ def test_the_seed_compatible_estimator_on_mmlu_test_questions_says_it_reproduces
     assert "seed paper's test-set choice" in seed_paper_provenance(seed, on_test)["seed_paper"]
     assert seed_paper_provenance(seed, parse_spec(base | {"tasks": [{"name": "mmlu"}]})) == {}
     assert seed_paper_provenance(make_estimator("permutation", 4, 16, 0), on_test) == {}
+
+
+def test_plans_are_checked_item_by_item_on_held_out_questions_and_generated_passages(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    spec = job_spec(tiny_checkpoint, tmp_path / "s.sqlite").model_copy(deep=True)
+    data = {"data_dir": str(default_data_dir())}
+    held_out = [
+        {"name": "arc_easy", "params": data | {"split": "test", "limit": 5}},
+        {"name": "lambada", "params": {"source": "package", "limit": 3, "max_new_tokens": 2}},
+    ]
+    spec = parse_spec(
+        spec.model_dump(mode="json") | {"plans": [{"remove": 1, "budget": 8, "method": "greedy"}], "held_out": held_out}
+    )
+    outcome = run_job(spec, estimator_factory=exact_factory(), progress_bar=False)
+    checks = {check.task: check for check in outcome.plans[0].plan.held_out}
+    assert {task: check.items for task, check in checks.items()} == {
+        "arc_easy.acc": 5,
+        "arc_easy.acc_norm": 5,
+        "lambada.acc": 3,
+    }
+    games = build_games(WorkerSetup.from_spec(spec))
+    names = list(games["block"].player_names)
+    kept = np.ones((1, len(names)), dtype=bool)
+    kept[0, [names.index(name) for name in outcome.plans[0].plan.removed]] = False
+    held = games["block.held_out"]
+    per_item = (held(kept) - held(np.ones_like(kept)))[0]
+    columns = [index for index, name in enumerate(held.task_names) if name.startswith("arc_easy.acc@")]
+    np.testing.assert_allclose(checks["arc_easy.acc"].difference, per_item[columns].mean())

@@ -21,7 +21,6 @@ from shapley_svc.values.gsm8k import FILTERS, GSM8K, exact_match, extract_answer
 from shapley_svc.values.lambada import FIRST_WORD, STOP, Lambada, first_word
 from shapley_svc.values.lm_loss import LanguageModelingLoss
 from shapley_svc.values.multi import MultiTask
-from shapley_svc.values.per_batch import PerBatch
 
 SHARED_GSM8K = default_data_dir() / "gsm8k" / "test.jsonl"
 GENERATIONS = (
@@ -213,8 +212,6 @@ def test_a_game_mixing_generation_and_token_batches_equals_the_single_games(smal
     singles = [ModelGame(masked, make(), small.tokenizer, small.fingerprint)(masks) for make in parts]  # type: ignore[arg-type]
     np.testing.assert_array_equal(combined(masks), np.hstack(singles))
     assert combined.task_names == ("wikitext2.neg_loss", "lambada.acc", "gsm8k.flexible-extract")
-    with pytest.raises(ConfigError, match="no self-contained"):
-        ModelGame(masked, PerBatch(Lambada(source="local", data_dir=data_dir)), small.tokenizer, small.fingerprint)
 
 
 def test_registry_and_bad_settings(small: LoadedModel, data_dir: Path) -> None:

@@ -29,7 +29,7 @@ from shapley_svc.values.lm_loss import LanguageModelingLoss
 from shapley_svc.values.mmlu import MMLU
 from shapley_svc.values.multi import MultiTask
 from shapley_svc.values.multiple_choice import MultipleChoice
-from shapley_svc.values.per_batch import PerBatch
+from shapley_svc.values.per_item import PerItem
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_mmlu import write_mmlu  # fixture writer shared with the MMLU tests
@@ -197,7 +197,7 @@ def test_multi_task_columns_keep_their_own_items(masked: MaskedModel, small: Loa
 
 
 def test_a_value_that_is_not_a_mean_over_items_says_so(masked: MaskedModel, small: LoadedModel) -> None:
-    value_fn = PerBatch(lm_loss())
+    value_fn = PerItem(lm_loss())  # one column per window: values, not a mean over items
     statistics = full_statistics(masked, small, value_fn)
     with pytest.raises(ConfigError, match="not a mean over items"):
         item_value_groups(value_fn, statistics)
