@@ -96,6 +96,7 @@ def mmlu_part(args: argparse.Namespace, loaded: Any, masked: Any, lm: Any, work:
     def our_game(subject: str, reuse: bool) -> ModelGame:
         value_fn = MMLU(
             subjects=(subject,),
+            split="test",  # the split lm-eval's MMLU scores, written out above
             per_subject=args.per_subject,
             shots=args.shots,
             data_dir=args.data_dir,
@@ -123,7 +124,9 @@ def mmlu_part(args: argparse.Namespace, loaded: Any, masked: Any, lm: Any, work:
         all_instances.extend(instances)
 
     # Agreement on the full pinned sample (one value function over all subjects, as a user would run it).
-    value_fn = MMLU(subjects=PINNED_SUBJECTS, per_subject=args.per_subject, shots=args.shots, data_dir=args.data_dir)
+    value_fn = MMLU(
+        subjects=PINNED_SUBJECTS, split="test", per_subject=args.per_subject, shots=args.shots, data_dir=args.data_dir
+    )
     results = evaluate_questions(masked, value_fn, loaded.tokenizer)
     questions = len(value_fn.questions)
     lm_eval_scores = np.array([response[0] for response in responses]).reshape(-1, 4)

@@ -88,3 +88,20 @@ def test_run_with_a_suite_builds_its_tasks_held_out_counterparts_and_objective()
     plain = build_parser().parse_args(["run", "--executor", "local"])
     resolve_defaults(plain)
     assert [task.name for task in build_spec(plain, n_players=6).tasks] == ["lm_loss"]  # unchanged without a suite
+
+
+def test_run_with_a_suite_reads_data_dir_unless_a_task_names_its_own(tmp_path: Path) -> None:
+    from shapley_svc.cli import build_parser
+    from shapley_svc.cli.game_options import resolve_defaults
+    from shapley_svc.cli.run import build_spec
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: two\ntasks:\n  - {name: piqa, items: 10}\n"
+        "  - {name: arc_easy, items: 10, params: {data_dir: /elsewhere}}\n"
+    )
+    args = build_parser().parse_args(["run", "--suite", str(suite), "--data-dir", str(tmp_path), "--executor", "local"])
+    resolve_defaults(args)
+    spec = build_spec(args, n_players=6)
+    for tasks in (spec.tasks, spec.held_out):
+        assert [task.params["data_dir"] for task in tasks] == [str(tmp_path), "/elsewhere"]

@@ -152,7 +152,16 @@ def suite_tasks(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[di
     from shapley_svc.suites import load_suite
 
     suite = load_suite(args.suite)
-    return [task.model_dump() for task in suite.job_tasks()], [task.model_dump() for task in suite.held_out_tasks()]
+    return [with_data_dir(args, task.model_dump()) for task in suite.job_tasks()], [
+        with_data_dir(args, task.model_dump()) for task in suite.held_out_tasks()
+    ]
+
+
+def with_data_dir(args: argparse.Namespace, task: dict[str, Any]) -> dict[str, Any]:
+    """``task`` reading ``--data-dir`` unless it names its own (lm-eval tasks read where lm-eval reads)."""
+    if args.data_dir is None or task["name"].startswith("lm_eval:") or "data_dir" in task["params"]:
+        return task
+    return task | {"params": task["params"] | {"data_dir": str(args.data_dir)}}
 
 
 def suite_objective(args: argparse.Namespace) -> dict[str, float] | None:
