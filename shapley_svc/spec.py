@@ -281,20 +281,25 @@ def parse_spec(data: object, *, source: str = "job spec") -> JobSpec:
         ) from error
 
 
+def read_mapping_file(path: str | Path, what: str) -> object:
+    """The parsed contents of a ``.yaml``, ``.yml`` or ``.json`` file (``what``: "job spec", "task suite", for
+    the errors); a wrong suffix, an unreadable file or bad syntax is a ConfigError."""
+    file = Path(path)
+    if file.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ConfigError(f"{what} {file} must end in .yaml, .yml or .json")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {file}: {error.strerror or error}") from error
+    try:
+        return json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{what} {file} is not valid {file.suffix[1:].upper()}: {error}") from error
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a job spec file (``.yaml``, ``.yml`` or ``.json``)."""
-    spec_path = Path(path)
-    if spec_path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise ConfigError(f"job spec {spec_path} must end in .yaml, .yml or .json")
-    try:
-        text = spec_path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read job spec {spec_path}: {error.strerror or error}") from error
-    try:
-        data = json.loads(text) if spec_path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"job spec {spec_path} is not valid {spec_path.suffix[1:].upper()}: {error}") from error
-    return parse_spec(data, source=f"job spec {spec_path}")
+    return parse_spec(read_mapping_file(path, "job spec"), source=f"job spec {Path(path)}")
 
 
 def dump_spec(spec: JobSpec, path: str | Path) -> None:

@@ -19,15 +19,13 @@ before any model loads (a value function is only constructed; data is read when 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from shapley_svc.errors import ConfigError
-from shapley_svc.spec import TaskSpec, _format_errors, _Strict
+from shapley_svc.spec import TaskSpec, _format_errors, _Strict, read_mapping_file
 
 
 class SuiteTask(_Strict):
@@ -120,14 +118,4 @@ def parse_suite(data: object, *, source: str = "task suite") -> Suite:
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file (``.yaml``, ``.yml`` or ``.json``)."""
-    suite_path = Path(path)
-    if suite_path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise ConfigError(f"task suite {suite_path} must end in .yaml, .yml or .json")
-    try:
-        text = suite_path.read_text(encoding="utf-8")
-        data = json.loads(text) if suite_path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except OSError as error:
-        raise ConfigError(f"cannot read task suite {suite_path}: {error.strerror or error}") from error
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"task suite {suite_path} is not valid {suite_path.suffix[1:].upper()}: {error}") from error
-    return parse_suite(data, source=f"task suite {suite_path}")
+    return parse_suite(read_mapping_file(path, "task suite"), source=f"task suite {Path(path)}")
