@@ -175,7 +175,7 @@ def cpu_twin(gpu: JobSpec, model_dir: Path, store: Path) -> JobSpec:
     """
     data_dir = str(default_data_dir())
     local_data = {
-        "mmlu": {"source": "local", "data_dir": data_dir, "subjects": ["astronomy"], "per_subject": 2},
+        "mmlu": {"source": "local", "data_dir": data_dir, "subjects": ["marketing"], "per_subject": 2},
         "lm_loss": {"data_dir": data_dir, "windows": 2, "window": 32},
     }
     raw = gpu.model_dump(mode="json")
