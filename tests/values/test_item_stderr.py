@@ -2,7 +2,8 @@
 
 Each value function's ``finalize`` equals the weighted mean of its item values (so the two cannot drift);
 the vectorised bootstrap equals a brute-force one that resamples the items themselves and calls the value
-function's own ``finalize``; for iid items it is close to std / sqrt(n).
+function's own ``finalize``; for iid items it is close to std / sqrt(n). Valued item by item (``PerItem``, the
+held-out game of plans), every family gives one column per item, equal to its item values.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from shapley_svc.values.lm_loss import LanguageModelingLoss
 from shapley_svc.values.mmlu import MMLU
 from shapley_svc.values.multi import MultiTask
 from shapley_svc.values.multiple_choice import MultipleChoice
-from shapley_svc.values.per_item import PerItem
+from shapley_svc.values.per_item import GenerativePerItem, PerItem, per_item
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_mmlu import write_mmlu  # fixture writer shared with the MMLU tests
@@ -230,3 +231,45 @@ def test_lm_eval_task_items_are_its_documents(
     statistics = full_statistics(masked, small, value_fn)
     assert_finalize_is_the_weighted_mean(value_fn, statistics)
     assert item_value_groups(value_fn, statistics)[0].items == 6
+
+
+# ----------------------------------------------------------------------------------------------- item by item
+
+
+def item_families(mmlu_dir: Path, generative_dir: Path) -> dict[str, ValueFunction]:
+    return {
+        "lm_loss": LanguageModelingLoss(data_dir=default_data_dir(), window=16, windows=6, windows_per_batch=4),
+        "mmlu": MMLU(data_dir=mmlu_dir, shots=1, metrics=("p_correct", "accuracy")),
+        "arc_easy": MultipleChoice(task="arc_easy", limit=7, data_dir=default_data_dir()),
+        "lambada": Lambada(source="local", data_dir=generative_dir, max_new_tokens=3),
+    }
+
+
+def test_per_item_gives_each_item_its_column_and_they_average_to_the_value(
+    masked: MaskedModel, small: LoadedModel, mmlu_dir: Path, generative_dir: Path
+) -> None:
+    masks = np.random.default_rng(0).random((3, masked.n_players)) < 0.7
+    masks[0] = True
+    for family, value_fn in item_families(mmlu_dir, generative_dir).items():
+        whole = ModelGame(masked, value_fn, small.tokenizer, small.fingerprint)
+        wrapped = per_item(value_fn)
+        assert isinstance(wrapped, GenerativePerItem) == (family == "lambada"), family
+        items = ModelGame(masked, wrapped, small.tokenizer, small.fingerprint)
+        count, tasks = value_fn.item_count(), len(value_fn.task_names)  # type: ignore[attr-defined]
+        assert items.task_names[:tasks] == tuple(f"{task}@0" for task in value_fn.task_names), family
+        per_item_values = items(masks).reshape(len(masks), count, tasks)
+        for row, mask in enumerate(masks):
+            statistics = whole.statistics(mask[None])[0]
+            (expected,) = item_value_groups(value_fn, statistics)
+            np.testing.assert_allclose(per_item_values[row], expected.values, err_msg=family)
+        if family != "lm_loss":  # equal weights: the columns' mean is the value
+            np.testing.assert_allclose(per_item_values.mean(axis=1), whole(masks), err_msg=family)
+
+
+def test_per_item_refuses_a_value_without_items() -> None:
+    multi = MultiTask([LanguageModelingLoss(data_dir=default_data_dir(), window=16, windows=2)])
+    with pytest.raises(ConfigError, match="no per-item values"):
+        PerItem(multi)
+    unprepared = PerItem(LanguageModelingLoss(data_dir=default_data_dir(), window=16, windows=2))
+    with pytest.raises(ConfigError, match="prepare"):
+        _ = unprepared.task_names
