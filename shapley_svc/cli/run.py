@@ -118,20 +118,21 @@ def plan_requests(sizes: tuple[int, ...], n_players: int, granularity: str) -> l
 
 
 def build_spec(args: argparse.Namespace, n_players: int) -> Any:
-    """The job spec the options describe: one lm_loss task, the Shapley estimator and leave-one-out, then the
-    plans of ``--plans`` checked on the held-out windows."""
+    """The job spec the options describe: one lm_loss task (or ``--suite``'s tasks), the Shapley estimator and
+    leave-one-out, then the plans of ``--plans`` checked on the held-out tasks."""
     from shapley_svc.spec import parse_spec
 
     budget = args.budget or DEFAULT_BUDGET_PER_PLAYER * n_players
     plans = plan_requests(args.plans, n_players, args.granularity)
     objective = suite_objective(args)
+    tasks, held_out = suite_tasks(args)  # the suite read and validated once
     plans = [plan | {"objective": objective} for plan in plans] if objective else plans
     return parse_spec(
         {
             "name": f"shapley-svc run {args.model}",
             "model": {"name": args.model, "dtype": args.dtype, "device": args.device},
             "players": {"granularities": [args.granularity]},
-            "tasks": suite_tasks(args)[0],
+            "tasks": tasks,
             "estimators": [
                 {"name": args.estimator, "seed": args.seed, "label": SHAPLEY_LABEL},
                 {"name": "leave_one_out", "seed": args.seed},
@@ -140,7 +141,7 @@ def build_spec(args: argparse.Namespace, n_players: int) -> Any:
             "executor": executor_options(args),
             "store": {"path": store_path(args), "reuse_across_setups": args.reuse_across_setups},
         }
-        | ({"plans": plans, "held_out": suite_tasks(args)[1]} if plans else {}),
+        | ({"plans": plans, "held_out": held_out} if plans else {}),
         source="run options",
     )
 
