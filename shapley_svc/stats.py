@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -84,6 +85,32 @@ def paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, flo
         raise ConfigError(f"need two equal-length item arrays of at least 2 items, got {first.shape}, {second.shape}")
     difference = first - second
     return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
+@dataclass(frozen=True)
+class PairedInterval:
+    """Mean of a per-item difference over ``items`` items, with its Student-t interval at ``level``."""
+
+    mean: float
+    low: float
+    high: float
+    items: int
+    level: float
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the interval excludes zero."""
+        return self.low > 0 or self.high < 0
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def paired_interval(first: np.ndarray, second: np.ndarray, level: float = 0.95) -> PairedInterval:
+    """``first - second`` averaged over the items both were scored on, with its paired ``level`` t interval."""
+    mean, stderr = paired_difference(first, second)
+    margin = t_quantile(0.5 + level / 2, len(first) - 1) * stderr
+    return PairedInterval(mean, mean - margin, mean + margin, len(first), level)
 
 
 def bootstrap_stderr(

@@ -5,12 +5,12 @@ Each notebook calls these and only plots; the tests in ``tests/analysis`` check 
 
 from shapley_svc.analysis.agreement import Agreement, ranking_agreement
 from shapley_svc.analysis.convergence import Convergence, DecisionRun, error_vs_budget, pruning_set_decided_runs
+from shapley_svc.analysis.crosstask import PlanJudgement, judge_plans
 from shapley_svc.analysis.games import BlockView, CachedGame
 from shapley_svc.analysis.paths import repository_root, shared_folder
 from shapley_svc.analysis.tasks import (
     RankCorrelation,
     RankingCurves,
-    item_scores,
     rank_correlations,
     ranking_curves,
     shapley_values,
@@ -24,10 +24,11 @@ __all__ = [
     "CachedGame",
     "Convergence",
     "DecisionRun",
+    "PlanJudgement",
     "RankCorrelation",
     "RankingCurves",
     "error_vs_budget",
-    "item_scores",
+    "judge_plans",
     "paired_difference",
     "pruning_set_decided_runs",
     "rank_correlations",

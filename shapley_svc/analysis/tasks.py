@@ -4,8 +4,7 @@ by one task's ranking costs on another.
 Rank agreement is Spearman's rho between two tasks' values over the players. Its interval reflects the
 estimation error only (not the sampling of questions): each task's values are redrawn from N(value, stderr)
 ``draws`` times and the spread of Fisher's ``atanh(rho)`` over the redraws sets ``tanh(atanh(rho) +- z sd)``.
-Per-item scores (MMLU questions, multiple-choice items) give paired standard errors of the difference between
-two pruned models on the same items.
+Plans judged item by item across tasks live in :mod:`.crosstask`.
 """
 
 from __future__ import annotations
@@ -15,16 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
-from shapley_svc.engine import BatchedEngine
 from shapley_svc.errors import ConfigError
 from shapley_svc.estimators import ShapleyResult, estimate, make_estimator
-from shapley_svc.model.masked import MaskedModel
 from shapley_svc.pruning.curves import pruning_curves, removal_order
 from shapley_svc.stats import spearman
-from shapley_svc.types import Coalitions, Game
-from shapley_svc.values.base import ValueFunction
+from shapley_svc.types import Game
 
 Z_95 = 1.959963984540054
 
@@ -120,37 +115,3 @@ def ranking_curves(
         values[names.index(series["ranking"]), :, tasks.index(series["task"])] = series["values"]
     removed = tuple(tuple(player.name for player in orders[name][:max_removed]) for name in names)
     return RankingCurves(names, tasks, target, values, removed)
-
-
-def item_scores(
-    masked: MaskedModel, value_fn: ValueFunction, tokenizer: PreTrainedTokenizerBase, coalitions: Coalitions
-) -> dict[str, np.ndarray]:
-    """Per task column of an MMLU or multiple-choice value function, float[k, items]: each item's score
-    under each coalition (the value is their mean), for paired comparisons on the same items."""
-    from shapley_svc.values.mmlu import MMLU
-    from shapley_svc.values.multiple_choice import MultipleChoice
-
-    if not isinstance(value_fn, MMLU | MultipleChoice):
-        raise ConfigError(f"item scores need an MMLU or multiple-choice value function, got {type(value_fn).__name__}")
-    coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
-    engine = BatchedEngine(masked)
-    device = next(masked.model.parameters()).device
-    per_batch = [
-        engine.evaluate(
-            coalitions,
-            batch.to(device),
-            readout=lambda hidden, index=index: value_fn.score(index, hidden, masked.head),
-        )
-        for index, batch in enumerate(value_fn.prepare(tokenizer))
-    ]
-    rows: dict[str, list[np.ndarray]] = {task: [] for task in value_fn.task_names}
-    for k in range(len(coalitions)):
-        statistics = [stats[k] for stats in per_batch]
-        if isinstance(value_fn, MMLU):
-            results = value_fn.results(statistics)
-            per_item = {"p_correct": results.p_correct, "accuracy": results.correct}
-        else:
-            per_item = value_fn.per_item_metrics(value_fn.choice_loglikelihoods(statistics))
-        for task in value_fn.task_names:
-            rows[task].append(per_item[task.rsplit(".", 1)[1]])
-    return {task: np.stack(task_rows) for task, task_rows in rows.items()}

@@ -14,7 +14,7 @@ from shapley_svc.errors import ConfigError
 from shapley_svc.planning.plan import HeldOut, RemovalPlan
 from shapley_svc.planning.problem import RemovalProblem
 from shapley_svc.runner.evaluator import Evaluator
-from shapley_svc.stats import paired_difference, t_quantile
+from shapley_svc.stats import paired_interval
 
 LEVEL = 0.95
 
@@ -34,17 +34,16 @@ def held_out_check(plan: RemovalPlan, problem: RemovalProblem, held_out: Evaluat
         if len(indices) < 2:
             raise ConfigError(f"held-out task {task} has {len(indices)} item; a paired interval needs at least 2")
         full, kept = values[0, indices], values[1, indices]
-        difference, stderr = paired_difference(kept, full)
-        margin = t_quantile(0.5 + LEVEL / 2, len(indices) - 1) * stderr
+        interval = paired_interval(kept, full, LEVEL)
         checks.append(
             HeldOut(
                 task=task,
                 full=float(np.mean(full)),
                 plan=float(np.mean(kept)),
-                difference=difference,
-                low=difference - margin,
-                high=difference + margin,
-                items=len(indices),
+                difference=interval.mean,
+                low=interval.low,
+                high=interval.high,
+                items=interval.items,
             )
         )
     return tuple(checks)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from shapley_svc.analysis import (
-    item_scores,
     paired_difference,
     rank_correlations,
     ranking_curves,
@@ -17,11 +16,7 @@ from shapley_svc.analysis import (
     task_scores,
 )
 from shapley_svc.errors import ConfigError
-from shapley_svc.model.loading import tiny_model
-from shapley_svc.model.masked import MaskedModel
 from shapley_svc.stats import spearman
-from shapley_svc.values import make_value_fn
-from shapley_svc.values.base import ModelGame
 
 
 class AdditiveBlocks:
@@ -73,27 +68,6 @@ def test_ranking_curves_remove_the_lowest_players_of_each_ranking_and_judge_ever
     assert curves.loss("task0", "task1", 3) == pytest.approx(5 + 4 + 2)  # pruning by task0 hurts task1
     assert curves.loss("task1", "task1", 2) == pytest.approx(1 + 2)
     assert curves.value("task1", "task0", 0) == pytest.approx(weights[0].sum())
-
-
-def test_item_scores_average_to_the_game_value_and_pair_their_differences() -> None:
-    data = repository_root(Path(__file__).parent).parent / "shared" / "data"
-    if not data.is_dir():
-        pytest.skip(f"the shared data folder {data} is missing")
-    tiny = tiny_model("llama", num_layers=3, seed=4)
-    masked = MaskedModel(tiny.model, tiny.layout, "sublayer")
-    coalitions = np.array([[True] * 6, [True, False, True, True, False, True]])
-    for name, settings in (
-        ("mmlu", {"subjects": ("marketing",), "per_subject": 3, "shots": 1, "metrics": ("p_correct", "accuracy")}),
-        ("arc_easy", {"limit": 4, "metrics": ("p_correct", "acc")}),
-    ):
-        value_fn = make_value_fn(name, {**settings, "data_dir": data})
-        items = item_scores(masked, value_fn, tiny.tokenizer, coalitions)
-        values = ModelGame(masked, make_value_fn(name, {**settings, "data_dir": data}), tiny.tokenizer, "t")(coalitions)
-        for column, task in enumerate(value_fn.task_names):
-            assert items[task].shape == (2, 3 if name == "mmlu" else 4)
-            np.testing.assert_allclose(items[task].mean(axis=1), values[:, column], atol=1e-9)
-    with pytest.raises(ConfigError, match="MMLU or multiple-choice"):
-        item_scores(masked, make_value_fn("lm_loss", {"data_dir": data}), tiny.tokenizer, coalitions)
 
 
 def test_paired_difference_uses_the_spread_of_the_differences() -> None:
