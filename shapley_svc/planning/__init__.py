@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -58,16 +59,22 @@ def search_plan(
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     progress: bool | Control = False,
+    selection: Evaluator | None = None,
 ) -> RemovalPlan:
     """Search removal sets of ``problem`` with the searcher ``method`` within ``budget`` distinct reads.
 
     ``progress`` shows a bar of the reads out of the budget, or is a whole :class:`Control` (bar, progress
-    callback, cancellation check).
+    callback, cancellation check). ``selection``: the same tasks on fresh data, where a searcher that uses it
+    (the default) decides among its finalists.
     """
     key = SEARCHERS.key(method)
     searcher = SEARCHERS.build(key, params=params)
-    game = RemovalGame(problem, evaluator, budget)
-    with evaluator.tracking(plan_control(progress, budget, f"plan/{key}")):
+    game = RemovalGame(problem, evaluator, budget, selection)
+    control = plan_control(progress, budget, f"plan/{key}")
+    with contextlib.ExitStack() as tracking:
+        tracking.enter_context(evaluator.tracking(control))
+        if selection is not None:  # the few finalists: no bar of their own, the same callbacks
+            tracking.enter_context(selection.tracking(dataclasses.replace(control, progress_bar=False)))
         searcher.search(game, np.random.default_rng(seed))
     return RemovalPlan.from_search(game, method=key, seed=seed, params=dict(params or {}))
 

@@ -16,7 +16,12 @@ Baptista & Poloczek 2018, BOCS, for a polynomial surrogate over sets). The searc
 3. then reads ``batch`` k-sets at a time (a batch is fantasised on the posterior mean, so it does not depend
    on the number of workers) of highest expected improvement over the best read: among every k-set when they
    are few, else among the swaps of the best sets read and the set the posterior mean builds greedily;
-   it stops when no candidate's expected improvement reaches ``tolerance`` or the budget is spent.
+   it stops when no candidate's expected improvement reaches ``tolerance`` or the budget is spent;
+4. with selection data (fresh windows or items; :class:`~shapley_svc.planning.problem.RemovalGame`), reads the
+   ``finalists`` best sets and every ranking's set there, keeping reads for them from the budget, and the plan
+   is the best there: the best of a hundred sets on 512 tokens is the one the calibration text flatters most
+   (on the demo's 8-block and 8-attention rows it lost 0.05 nats held out to leave-one-out's and the static
+   metrics' sets), while a few finalists read on fresh data are judged without that bias.
 """
 
 from __future__ import annotations
@@ -173,12 +178,18 @@ class ModelBasedSearch(PlanSearcher):
     name = "model_based"
 
     def __init__(
-        self, rankings: Sequence[Sequence[float]] = (), batch: int = 1, tolerance: float = 1e-6, pool: int = 3
+        self,
+        rankings: Sequence[Sequence[float]] = (),
+        batch: int = 1,
+        tolerance: float = 1e-6,
+        pool: int = 3,
+        finalists: int = 3,
     ) -> None:
         if tolerance < 0:
             raise ConfigError(f"tolerance must be at least 0, got {tolerance}")
         self.rankings = [np.asarray(scores, dtype=np.float64) for scores in rankings]
         self.batch, self.pool, self.tolerance = at_least(batch, 1, "batch"), at_least(pool, 1, "pool"), tolerance
+        self.finalists = at_least(finalists, 1, "finalists")
 
     def search(self, game: RemovalGame, rng: np.random.Generator) -> None:
         problem = game.problem
@@ -192,13 +203,25 @@ class ModelBasedSearch(PlanSearcher):
             )
         costs = dict(zip(candidates, -game.values(singles), strict=True))
         rankings = [{player: float(scores[player]) for player in candidates} for scores in self.rankings]
-        seeds = [lowest(problem, scores) for scores in [costs, *rankings]]
-        game.values(list(dict.fromkeys(seeds))[: game.remaining])
-        while game.remaining > 0:
-            proposals = self._propose(game, min(self.batch, game.remaining))
+        seeds = list(dict.fromkeys(lowest(problem, scores) for scores in [costs, *rankings]))
+        game.values(seeds[: game.remaining])
+        reserve = max(0, min(len(seeds) + self.finalists, game.remaining - 1)) if game.selection is not None else 0
+        while game.remaining > reserve:
+            proposals = self._propose(game, min(self.batch, game.remaining - reserve))
             if not proposals:
-                return
+                break
             game.values(proposals)
+        if game.selection is not None and game.remaining > 0:
+            game.select(self._finalists(game, seeds)[: game.remaining])
+
+    def _finalists(self, game: RemovalGame, seeds: list[Removal]) -> list[Removal]:
+        """The best set read, every ranking's set, then the next best sets: complete sets within the limits."""
+        read = [step for step in game.path if game.problem.complete(step.removed) and step.feasible]
+        ranked = [step.removed for step in sorted(read, key=lambda step: -step.value)]
+        feasible = set(ranked)
+        return list(
+            dict.fromkeys([*ranked[:1], *(seed for seed in seeds if seed in feasible), *ranked[: self.finalists]])
+        )
 
     def _propose(self, game: RemovalGame, count: int) -> list[Removal]:
         """Up to ``count`` unread k-sets of highest expected improvement, each fantasised before the next."""

@@ -31,7 +31,9 @@ class HeldOut(BaseModel):
 
 
 class RemovalPlan(BaseModel):
-    """The best removal set of k a search read, with its calibration value, costs and path (reading order)."""
+    """The best removal set of k a search read, with its calibration value, costs and path (reading order);
+    ``selection``: the finalists read on the selection data with their values there, where the plan is their best.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,6 +52,7 @@ class RemovalPlan(BaseModel):
     evaluations_used: int
     evaluations_computed: int
     path: tuple[tuple[tuple[str, ...], float], ...]
+    selection: tuple[tuple[tuple[str, ...], float], ...] = ()
     held_out: tuple[HeldOut, ...] = ()
     provenance: dict[str, Any] = {}
 
@@ -72,6 +75,7 @@ class RemovalPlan(BaseModel):
             evaluations_used=game.used,
             evaluations_computed=game.computed,
             path=tuple((problem.names(step.removed), step.value) for step in game.path),
+            selection=tuple((problem.names(removal), game.selected(removal)) for removal in game.selection_values),
         )
 
     def with_held_out(self, held_out: tuple[HeldOut, ...]) -> RemovalPlan:

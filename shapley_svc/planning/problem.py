@@ -6,6 +6,11 @@ A *removal set* R (a frozenset of player indices) is scored by the objective on 
 asks the one :class:`~shapley_svc.runner.evaluator.Evaluator` for them (so cached values are reused and new
 ones cached), counts every distinct removal set read against the budget, whether computed or served from
 the cache, refuses a read past the budget, and keeps the search path.
+
+A game may also hold a *selection* evaluator: the same tasks on fresh data (other windows or items than the
+calibration data, and than the held-out data). A search that has read many sets on little calibration data
+overfits it (the best of many noisy values is biased upwards); reading a few finalists on the selection data
+(:meth:`RemovalGame.select`, counted against the same budget) and keeping the best there removes that bias.
 """
 
 from __future__ import annotations
@@ -211,18 +216,33 @@ class RemovalGame:
     problem: RemovalProblem
     evaluator: Evaluator
     budget: int
+    selection: Evaluator | None = None
     order: list[Removal] = field(default_factory=list)
     task_values: dict[Removal, np.ndarray] = field(default_factory=dict)
+    selection_values: dict[Removal, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ConfigError(f"the budget must be at least 1 evaluation, got {self.budget}")
-        self._computed_before = self.evaluator.stats.evaluated
+        if self.selection is not None and self.selection.game.task_names != self.task_names:
+            raise ConfigError(
+                f"the selection game's tasks {list(self.selection.game.task_names)} are not the calibration "
+                f"game's {list(self.task_names)}"
+            )
+        self._computed_before = self._evaluated()
+
+    def _evaluated(self) -> int:
+        return self.evaluator.stats.evaluated + (self.selection.stats.evaluated if self.selection else 0)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return self.evaluator.game.task_names
 
     @property
     def used(self) -> int:
-        """Distinct removal sets read so far (computed or from the cache)."""
-        return len(self.task_values)
+        """Distinct removal sets read so far (computed or from the cache), on the calibration data and on the
+        selection data."""
+        return len(self.task_values) + len(self.selection_values)
 
     @property
     def remaining(self) -> int:
@@ -230,8 +250,8 @@ class RemovalGame:
 
     @property
     def computed(self) -> int:
-        """Coalitions the evaluator computed for this search (the rest came from the cache)."""
-        return self.evaluator.stats.evaluated - self._computed_before
+        """Coalitions the evaluators computed for this search (the rest came from the cache)."""
+        return self._evaluated() - self._computed_before
 
     @property
     def path(self) -> list[Step]:
@@ -240,7 +260,7 @@ class RemovalGame:
 
     def step(self, removal: Removal) -> Step:
         """A read removal set with its value and feasibility under the current objective."""
-        values, tasks = self.task_values[removal], self.evaluator.game.task_names
+        values, tasks = self.task_values[removal], self.task_names
         full = self.task_values.get(FULL)
         objective = self.problem.objective
         return Step(removal, objective.score(values, full, tasks), objective.excess(values, full, tasks) == 0)
@@ -266,11 +286,36 @@ class RemovalGame:
                 self.order.append(removal)
         return np.array([self.known(removal) for removal in sets], dtype=np.float64)
 
+    def select(self, removals: Sequence[Iterable[int]]) -> np.ndarray:
+        """float[m]: the objective's weighted sum of each removal set's values on the selection data (limits are
+        judged on the calibration data); new ones count against the budget, in one batch."""
+        if self.selection is None:
+            raise ConfigError("this plan search has no selection data")
+        sets = [frozenset(removal) for removal in removals]
+        new = list(dict.fromkeys(removal for removal in sets if removal not in self.selection_values))
+        if len(new) > self.remaining:
+            raise BudgetExceededError(
+                f"reading {len(new)} removal sets on the selection data would use {self.used + len(new)} of a "
+                f"budget of {self.budget}"
+            )
+        if new:
+            values: Values = self.selection.evaluate(self.problem.coalitions(new))
+            for removal, row in zip(new, values, strict=True):
+                self.selection_values[removal] = np.asarray(row, dtype=np.float64)
+        return np.array([self.selected(removal) for removal in sets], dtype=np.float64)
+
+    def selected(self, removal: Removal) -> float:
+        """A removal set's objective weighted sum on the selection data (read by :meth:`select` first)."""
+        return float(self.selection_values[removal] @ self.problem.objective.column_weights(self.task_names))
+
     def best(self, size: int | None = None) -> Step:
         """The best removal set read within the limits: of ``size`` players, or by default one that fills the
-        problem's quotas."""
+        problem's quotas, and then the best on the selection data of those read there, if any were."""
         if size is None:
             steps = [step for step in self.path if self.problem.complete(step.removed) and step.feasible]
+            finalists = [step for step in steps if step.removed in self.selection_values]
+            if finalists:
+                return max(finalists, key=lambda step: self.selected(step.removed))
         else:
             steps = [step for step in self.path if len(step.removed) == size and step.feasible]
         wanted = self.problem.k if size is None else size

@@ -30,11 +30,18 @@ def problem_of(request: PlanSpec, evaluator: Evaluator, k: int) -> RemovalProble
 
 
 def plan_requested(
-    request: PlanSpec, evaluator: Evaluator, *, held_out: Evaluator | None = None, progress: bool | Control = False
+    request: PlanSpec,
+    evaluator: Evaluator,
+    *,
+    held_out: Evaluator | None = None,
+    selection: Evaluator | None = None,
+    progress: bool | Control = False,
 ) -> RemovalPlan:
     """Search ``request``'s plan through ``evaluator`` within its budget; with ``held_out``, check it there.
 
-    ``progress``: a bar, or a whole :class:`~shapley_svc.runner.evaluator.Control` (callback, cancellation).
+    ``selection``: the same tasks on fresh data, where the default searcher decides among its finalists (a plan
+    of "as many as the limits allow" does not use it). ``progress``: a bar, or a whole
+    :class:`~shapley_svc.runner.evaluator.Control` (callback, cancellation).
     """
     if request.most:
         plan = _plan_most(request, evaluator, progress)
@@ -48,6 +55,7 @@ def plan_requested(
             seed=request.seed,
             params=request.params,
             progress=progress,
+            selection=selection,
         )
     if held_out is None:
         return plan
