@@ -84,11 +84,13 @@ def lm_task(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     return {"name": "lm_loss", "params": params | overrides}
 
 
-def held_out_task(args: argparse.Namespace) -> dict[str, Any]:
-    """The held-out ``lm_loss`` task: the windows after the calibration ones, one per batch (valued apart)."""
+def held_out_task(args: argparse.Namespace, *, after: int = 0) -> dict[str, Any]:
+    """The held-out ``lm_loss`` task: the windows after the calibration ones and ``after`` more (a selection
+    slice's), one per batch (valued apart)."""
     from shapley_svc.data.splits import judging_task
 
-    return judging_task("lm_loss", lm_task(args)["params"], items=args.held_out_windows or max(2, args.windows))
+    seen = lm_task(args, windows=args.windows + after)["params"]
+    return judging_task("lm_loss", seen, items=args.held_out_windows or max(2, args.windows))
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:

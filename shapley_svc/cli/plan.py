@@ -5,11 +5,13 @@
     shapley-svc plan --table T.npz --most --max-loss task=0.3 --budget 60    # as many as the limit allows
 
 On a model the search reads coalitions through the same evaluator, store and executor as ``run`` (values
-cached, a local Ray pool by default), and the plan is then checked on held-out windows (the ones after the
-calibration windows) against the full model, paired window by window. The last line of stdout is the plan
-as JSON: ``removed``, ``evaluations_used`` (distinct coalitions the search read, never above the budget),
-``evaluations_computed``, ``value`` (of the remaining set on the calibration data) and, for a model,
-``held_out``.
+cached, a local Ray pool by default). The windows after the calibration ones are selection windows
+(``--selection-windows``, twice ``--windows`` by default), on which the default searcher decides among its
+finalists, seeded with the static metrics' sets; the plan is then checked on the held-out windows after those,
+against the full model, paired window by window. The last line of stdout is the plan as JSON: ``removed``,
+``evaluations_used`` (distinct coalitions the search read, on either slice, never above the budget),
+``evaluations_computed``, ``value`` (of the remaining set on the calibration data), ``selection`` and, for a
+model, ``held_out``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--params", type=json.loads, default=None, help="the searcher's options as JSON, e.g. '{\"batch\": 4}'"
     )
+    parser.add_argument(
+        "--selection-windows",
+        type=int,
+        default=None,
+        help="windows after the calibration ones on which the default searcher decides among its finalists "
+        "(default: twice --windows; 0: decide on the calibration windows)",
+    )
     parser.add_argument("--out", default=None, help="also write the plan JSON to this file")
     parser.set_defaults(handler=run)
 
@@ -94,39 +103,63 @@ def plan_on_table(args: argparse.Namespace) -> Any:
 def plan_on_model(args: argparse.Namespace) -> Any:
     """The plan on the model's game through the executor and store the options name, checked on held-out data."""
     from shapley_svc.model.loading import demo_checkpoint_folder
+    from shapley_svc.planning import SEARCHERS
     from shapley_svc.planning.requests import plan_requested
     from shapley_svc.runner.evaluator import Evaluator
-    from shapley_svc.runner.executors import HELD_OUT, start_executor
+    from shapley_svc.runner.executors import HELD_OUT, SELECTION, start_executor
     from shapley_svc.spec import ExecutorSpec
     from shapley_svc.store.sqlite import SQLiteStore
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     game_options.resolve_defaults(args)
+    args.selection_windows = 2 * args.windows if args.selection_windows is None else args.selection_windows
+    if args.selection_windows < 0:
+        raise ConfigError(f"--selection-windows must be at least 0, got {args.selection_windows}")
     if args.model == "demo" and args.executor == "ray":
         demo_checkpoint_folder()  # the one-time conversion happens here, not in every worker
+    if SEARCHERS.key(args.method) == "model_based" and "rankings" not in (args.params or {}):
+        args.params = (args.params or {}) | {"rankings": static_scores(args)}
     executor = start_executor(_worker_setup(args), ExecutorSpec.model_validate(game_options.executor_options(args)))
     try:
         with SQLiteStore(game_options.store_path(args)) as store:
             games = executor.games()
-            reuse = args.reuse_across_setups
-            evaluator = Evaluator(executor, store, games[args.granularity], reuse_across_setups=reuse)
-            held_out = Evaluator(executor, store, games[args.granularity + HELD_OUT], reuse_across_setups=reuse)
+
+            def evaluator_of(key: str) -> Evaluator:
+                return Evaluator(executor, store, games[key], reuse_across_setups=args.reuse_across_setups)
+
+            evaluator, held_out = evaluator_of(args.granularity), evaluator_of(args.granularity + HELD_OUT)
+            selection = evaluator_of(args.granularity + SELECTION) if args.selection_windows else None
             request = plan_spec(args, evaluator.game.task_names, target=args.target)
-            return plan_requested(request, evaluator, held_out=held_out, progress=not args.no_progress)
+            return plan_requested(
+                request, evaluator, held_out=held_out, selection=selection, progress=not args.no_progress
+            )
     finally:
         executor.close()
 
 
+def static_scores(args: argparse.Namespace) -> list[list[float]]:
+    """Block Influence, angular distance and relative update norm of every player on the calibration windows
+    (one forward pass here): the default searcher's seed rankings."""
+    from shapley_svc.cli.run import static_rankings
+
+    rankings, _, _ = static_rankings(args)
+    return [list(ranking.scores) for ranking in rankings]
+
+
 def _worker_setup(args: argparse.Namespace) -> Any:
-    """The model, the calibration task and the held-out task (the windows after it, one per batch)."""
+    """The model, the calibration task, the selection task (the windows after it) and the held-out task (the
+    windows after those, one per batch)."""
     from shapley_svc.runner.executors import WorkerSetup
     from shapley_svc.spec import ModelSpec, TaskSpec
 
+    count = args.selection_windows
+    selection = game_options.lm_task(args, windows=count, first_window=args.windows) if count else None
     return WorkerSetup(
         model=ModelSpec(name=args.model, dtype=args.dtype, device=args.device),
         granularities=(args.granularity,),
         tasks=(TaskSpec.model_validate(game_options.lm_task(args)),),
-        held_out=(TaskSpec.model_validate(game_options.held_out_task(args)),),
+        held_out=(TaskSpec.model_validate(game_options.held_out_task(args, after=count)),),
+        selection=(TaskSpec.model_validate(selection),) if selection else (),
     )
 
 

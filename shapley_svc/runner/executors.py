@@ -100,7 +100,8 @@ class WorkerSetup:
 
     ``held_out`` tasks (any mean over items: windows, questions, passages) give each granularity a second
     game, ``<granularity>.held_out``, valued per item (:class:`~shapley_svc.values.per_item.PerItem`), on which
-    plans are checked item by item against the full model.
+    plans are checked item by item against the full model. ``selection`` tasks (the estimation tasks on fresh
+    data) give it a third, ``<granularity>.selection``, on which a plan search decides among its finalists.
     """
 
     model: ModelSpec
@@ -108,6 +109,7 @@ class WorkerSetup:
     tasks: tuple[TaskSpec, ...]
     threads: int = 1
     held_out: tuple[TaskSpec, ...] = ()
+    selection: tuple[TaskSpec, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> WorkerSetup:
@@ -123,6 +125,8 @@ class WorkerSetup:
 
 HELD_OUT = ".held_out"
 """Suffix of the key of a granularity's held-out game."""
+SELECTION = ".selection"
+"""Suffix of the key of a granularity's selection game."""
 
 
 def build_value_function(tasks: tuple[TaskSpec, ...], *, per_item: bool = False) -> ValueFunction:
@@ -155,6 +159,9 @@ def build_games(setup: WorkerSetup) -> dict[str, FingerprintedGame]:
         if setup.held_out:
             held_out = build_value_function(setup.held_out, per_item=True)
             games[granularity + HELD_OUT] = ModelGame(masked, held_out, loaded.tokenizer, loaded.fingerprint)
+        if setup.selection:
+            selection = build_value_function(setup.selection)
+            games[granularity + SELECTION] = ModelGame(masked, selection, loaded.tokenizer, loaded.fingerprint)
     return games
 
 

@@ -62,13 +62,30 @@ def test_plan_on_a_model_checks_the_plan_on_held_out_windows(
     common += ["--windows", "2", "--window", "32", "--store", str(store), "--granularity", "sublayer"]
     plan = plan_json(capsys, *common, "--remove", "2", "--budget", "12", "--target", "attn", "--held-out-windows", "3")
     assert len(plan["removed"]) == 2 and all(name.endswith(".attn") for name in plan["removed"])
-    assert plan["evaluations_used"] <= 12
+    assert plan["evaluations_used"] <= 12 and len(plan["params"]["rankings"]) == 3, "seeded with the static metrics"
+    finalists = dict((tuple(names), value) for names, value in plan["selection"])
+    assert len(finalists) >= 2 and finalists[tuple(plan["removed"])] == max(finalists.values())
     (held_out,) = plan["held_out"]
     assert held_out["task"] == "lambada.neg_loss" and held_out["items"] == 3
     assert held_out["difference"] == pytest.approx(held_out["plan"] - held_out["full"])
     assert held_out["low"] <= held_out["difference"] <= held_out["high"]
     again = plan_json(capsys, *common, "--remove", "2", "--budget", "12", "--target", "attn", "--held-out-windows", "3")
     assert again["removed"] == plan["removed"] and again["evaluations_computed"] == 0, "the second run is cached"
+
+
+def test_the_model_s_windows_are_calibration_then_selection_then_held_out() -> None:
+    from shapley_svc.cli import build_parser
+    from shapley_svc.cli.plan import _worker_setup
+
+    args = build_parser().parse_args(["plan", "--model", "demo", "--remove", "2", "--budget", "40", "--windows", "3"])
+    args.corpus, args.dtype, args.selection_windows = "wikitext2", "float32", 6
+    setup = _worker_setup(args)
+    (calibration,), (selection,), (held_out,) = setup.tasks, setup.selection, setup.held_out
+    assert calibration.params["windows"] == 3 and calibration.params.get("first_window", 0) == 0
+    assert (selection.params["first_window"], selection.params["windows"]) == (3, 6)
+    assert (held_out.params["first_window"], held_out.params["windows"]) == (9, 3)
+    args.selection_windows = 0
+    assert _worker_setup(args).selection == () and _worker_setup(args).held_out[0].params["first_window"] == 3
 
 
 def test_plan_json_round_trips_and_refuses_other_versions() -> None:
