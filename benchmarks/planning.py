@@ -17,15 +17,18 @@ ranking rows as references, outside the goal's comparison.
 The demo model (``--model-rows``, on by default): its 30 blocks on WikiText-2 with k = 4 and 8, and 8 of its
 30 attention sublayers: every searcher's plan at greedy's count and at half of it (default and evolutionary),
 beside the static metrics, leave-one-out, the default Shapley estimate (5n), the last k and random sets, each
-judged on held-out windows (the ones after the calibration windows), paired window by window. Every value is
-cached in ``--store``, so a rerun costs only what it has not seen.
+judged on held-out windows, paired window by window. The windows are calibration (``--windows``), then
+selection (``--selection-windows``, where the default searcher, seeded with the static metrics' sets as
+``shapley-svc plan`` seeds it, decides among its finalists within its budget; the other searchers follow their
+papers and do not read them), then held-out. Every value is cached in ``--store``, so a rerun costs only what
+it has not seen.
 
 Goal: ``default`` at max(0.5 x greedy, n + 2) is within 0.005 of greedy at 1 x on every table row (mean over
 seeds) and within 0.01 nats of its held-out loss on every model row, and no worse than every ranking plan (but the
 ``exact_*`` references).
 JSON summary on the last line.
 
-    python benchmarks/planning.py                       # offline; the model rows take about 20 min on 2 cores
+    python benchmarks/planning.py                       # offline; the model rows take about 45 min on 2 cores
     python benchmarks/planning.py --games-dir /tmp/allgames --seeds 20 --no-model-rows
 """
 
@@ -262,20 +265,25 @@ def demo_static(player_names: Sequence[str], granularity: str) -> dict[str, np.n
     return {method: metrics.scores(method)[index] for method in STATIC}
 
 
-def model_rows(store_path: Path, calibration_windows: int, held_out_windows: int) -> list[dict[str, Any]]:
+def model_rows(
+    store_path: Path, calibration_windows: int, selection_windows: int, held_out_windows: int
+) -> list[dict[str, Any]]:
     """Held-out loss of every method's plan on the demo model: blocks (k = 4, 8) and attention (k = 8)."""
-    from shapley_svc.runner.executors import HELD_OUT, GameWorker, InProcessExecutor, WorkerSetup
+    from shapley_svc.runner.executors import HELD_OUT, SELECTION, GameWorker, InProcessExecutor, WorkerSetup
     from shapley_svc.spec import ModelSpec, TaskSpec
     from shapley_svc.store.sqlite import SQLiteStore
 
     task = {"corpus": "wikitext2", "window": 128, "windows": calibration_windows}
-    held = task | {"windows": held_out_windows, "first_window": calibration_windows, "windows_per_batch": 1}
+    selection = task | {"windows": selection_windows, "first_window": calibration_windows}
+    seen = calibration_windows + selection_windows
+    held = task | {"windows": held_out_windows, "first_window": seen, "windows_per_batch": 1}
     setup = WorkerSetup(
         ModelSpec(name="demo", dtype="float32"),
         ("block", "sublayer"),
         (TaskSpec(name="lm_loss", params=task),),
         threads=2,
         held_out=(TaskSpec(name="lm_loss", params=held),),
+        selection=(TaskSpec(name="lm_loss", params=selection),) if selection_windows else (),
     )
     executor = InProcessExecutor(GameWorker.from_setup(setup))
     rows = []
@@ -284,12 +292,14 @@ def model_rows(store_path: Path, calibration_windows: int, held_out_windows: int
         for granularity, target, k in (("block", "block", 4), ("block", "block", 8), ("sublayer", "attn", 8)):
             evaluator = Evaluator(executor, store, games[granularity], chunk_size=16)
             held_out = Evaluator(executor, store, games[granularity + HELD_OUT], chunk_size=16)
-            rows += _model_game_rows(evaluator, held_out, granularity, target, k)
+            chosen = games.get(granularity + SELECTION)
+            select = Evaluator(executor, store, chosen, chunk_size=16) if chosen is not None else None
+            rows += _model_game_rows(evaluator, held_out, select, granularity, target, k)
     return rows
 
 
 def _model_game_rows(
-    evaluator: Evaluator, held_out: Evaluator, granularity: str, target: str, k: int
+    evaluator: Evaluator, held_out: Evaluator, selection: Evaluator | None, granularity: str, target: str, k: int
 ) -> list[dict[str, Any]]:
     from shapley_svc.estimators import estimate, make_estimator
     from shapley_svc.planning.verify import held_out_check
@@ -299,15 +309,16 @@ def _model_game_rows(
     problem = RemovalProblem.of(info.player_names, info.task_names, k, target=target, objective=objective)
     n = len(problem.candidates)
     greedy = greedy_evaluations(n, k)
+    static = demo_static(info.player_names, granularity)
+    seeded = {"rankings": [np.asarray(scores).tolist() for scores in static.values()]}
     runs: list[tuple[str, int, dict[str, Any] | None, str]] = [
         ("greedy", greedy, None, "greedy"),
         ("beam", greedy, None, "beam"),
-        ("default", greedy, None, "default"),
-        ("default", budget_of(0.5, n, k), None, "default"),
+        ("default", greedy, seeded, "default"),
+        ("default", budget_of(0.5, n, k), seeded, "default"),
         ("evolutionary", greedy, None, "evolutionary"),
         ("evolutionary", budget_of(0.5, n, k), None, "evolutionary"),
     ]
-    static = demo_static(info.player_names, granularity)
     shapley = estimate(make_estimator("default", info.n_players, 5 * info.n_players, seed=0), evaluator)
     scores = {**static, "shapley": shapley.values[0]}
     scores["last_k"] = -np.arange(info.n_players, dtype=float)
@@ -320,12 +331,16 @@ def _model_game_rows(
     rows = []
     for method, budget, params, label in runs:
         started = time.perf_counter()
-        plan = search_plan(problem, evaluator, budget=budget, method=method, params=params)
+        chooses = method == "default" and selection is not None
+        plan = search_plan(
+            problem, evaluator, budget=budget, method=method, params=params, selection=selection if chooses else None
+        )
         (check,) = held_out_check(plan, problem, held_out)
         rows.append(
             {
                 "game": f"demo_{target}", "k": k, "method": label, "budget": budget, "used": plan.evaluations_used,
                 "removed": list(plan.removed), "calibration_loss": round(-plan.value, 4),
+                "selection_reads": len(plan.selection),
                 "held_out_loss": round(-check.plan, 4), "held_out_increase": round(-check.difference, 4),
                 "interval": [round(-check.high, 4), round(-check.low, 4)],
                 "seconds": round(time.perf_counter() - started, 1),
@@ -367,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--store", type=Path, default=ROOT / "runs" / "planning-benchmark.sqlite")
     parser.add_argument("--windows", type=int, default=4, help="calibration windows of 128 tokens (model rows)")
+    parser.add_argument(
+        "--selection-windows", type=int, default=8, help="windows after them for the default's finalists (0: none)"
+    )
     parser.add_argument("--held-out-windows", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -380,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"tables": table_verdicts(rows), "objectives": objectives}
     if args.model_rows:
         args.store.parent.mkdir(parents=True, exist_ok=True)
-        model = model_rows(args.store, args.windows, args.held_out_windows)
+        model = model_rows(args.store, args.windows, args.selection_windows, args.held_out_windows)
         summary |= {"model": model_verdicts(model), "model_rows": model}
     parts = ("tables", "objectives", "model")
     summary["goal_met"] = all(verdict["met"] for part in parts for verdict in summary.get(part, []))
