@@ -58,7 +58,8 @@ def add_game_options(parser: argparse.ArgumentParser, *, model_default: str | No
         "--held-out-windows",
         type=int,
         default=None,
-        help="held-out windows after the calibration ones, on which plans are checked (default: --windows, at least 2)",
+        help="held-out windows after the calibration ones (and plan's selection windows), on which plans are "
+        "checked (default: --windows, at least 2)",
     )
 
 
