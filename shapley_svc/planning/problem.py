@@ -274,16 +274,7 @@ class RemovalGame:
         (with the full model first, once, when the objective has limits)."""
         sets = [frozenset(removal) for removal in removals]
         needed = [FULL] if self.problem.objective.limits else []
-        new = list(dict.fromkeys(removal for removal in [*needed, *sets] if removal not in self.task_values))
-        if len(new) > self.remaining:
-            raise BudgetExceededError(
-                f"reading {len(new)} new removal sets would use {self.used + len(new)} of a budget of {self.budget}"
-            )
-        if new:
-            values: Values = self.evaluator.evaluate(self.problem.coalitions(new))
-            for removal, row in zip(new, values, strict=True):
-                self.task_values[removal] = np.asarray(row, dtype=np.float64)
-                self.order.append(removal)
+        self.order += self._read(self.evaluator, self.task_values, [*needed, *sets], "new removal sets")
         return np.array([self.known(removal) for removal in sets], dtype=np.float64)
 
     def select(self, removals: Sequence[Iterable[int]]) -> np.ndarray:
@@ -292,17 +283,24 @@ class RemovalGame:
         if self.selection is None:
             raise ConfigError("this plan search has no selection data")
         sets = [frozenset(removal) for removal in removals]
-        new = list(dict.fromkeys(removal for removal in sets if removal not in self.selection_values))
+        self._read(self.selection, self.selection_values, sets, "removal sets on the selection data")
+        return np.array([self.selected(removal) for removal in sets], dtype=np.float64)
+
+    def _read(
+        self, evaluator: Evaluator, known: dict[Removal, np.ndarray], sets: list[Removal], what: str
+    ) -> list[Removal]:
+        """Evaluate the sets of ``sets`` not in ``known`` in one batch, within the budget, into ``known``; the new
+        sets, in order."""
+        new = list(dict.fromkeys(removal for removal in sets if removal not in known))
         if len(new) > self.remaining:
             raise BudgetExceededError(
-                f"reading {len(new)} removal sets on the selection data would use {self.used + len(new)} of a "
-                f"budget of {self.budget}"
+                f"reading {len(new)} {what} would use {self.used + len(new)} of a budget of {self.budget}"
             )
         if new:
-            values: Values = self.selection.evaluate(self.problem.coalitions(new))
+            values: Values = evaluator.evaluate(self.problem.coalitions(new))
             for removal, row in zip(new, values, strict=True):
-                self.selection_values[removal] = np.asarray(row, dtype=np.float64)
-        return np.array([self.selected(removal) for removal in sets], dtype=np.float64)
+                known[removal] = np.asarray(row, dtype=np.float64)
+        return new
 
     def selected(self, removal: Removal) -> float:
         """A removal set's objective weighted sum on the selection data (read by :meth:`select` first)."""
